@@ -1,0 +1,242 @@
+"""The ``recsys`` command: ``fit``, ``evaluate``, ``score``, ``data``.
+
+Imports are lazy: ``score`` and ``evaluate`` never import Lightning, torch-geometric or transformers unless the
+model being loaded needs them, so a scoring job starts in about the time it takes to import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+METRIC_ORDER = ("recall", "precision", "ndcg", "mrr", "hit", "map")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A small text table: one row per metric, one column per cut-off."""
+    ks = sorted({int(k.split("@")[1]) for k in metrics if "@" in k})
+    names = [m for m in METRIC_ORDER if any(k.startswith(m + "@") for k in metrics)]
+    lines = ["metric     " + "".join(f"{'@' + str(k):>10}" for k in ks)]
+    for m in names:
+        lines.append(f"{m:<11}" + "".join(f"{metrics.get(f'{m}@{k}', float('nan')):>10.4f}" for k in ks))
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, obj) -> None:
+    from recsys.io_utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------- fit
+def _default_config() -> str | None:
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "mf_bpr.yaml"
+    return str(cfg) if cfg.exists() else None
+
+
+def build_fit_parser():
+    """The ``fit`` parser: the constructor signatures of the data module, the model and the Trainer."""
+    import lightning as L
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from recsys.baselines.base import Baseline
+    from recsys.data.datamodule import RecDataModule
+    from recsys.model import RecModel
+
+    p = ArgumentParser(prog="recsys fit", description="Train a model, restore its best checkpoint, test it.",
+                       default_env=False)
+    p.add_argument("--config", action=ActionConfigFile, help="YAML config (class_path/init_args).")
+    p.add_argument("--run-dir", "--run_dir", dest="run_dir", type=str | None, default=None,
+                   help="Output directory (default: runs/<time>-<config>).")
+    p.add_argument("--seed", type=int, default=2026, help="Seed for weights, sampling and order.")
+    p.add_argument("--early_stopping.patience", type=int, default=5,
+                   help="Validation checks without improvement of valid/ndcg@20 before stopping.")
+    p.add_argument("--early_stopping.monitor", type=str, default="valid/ndcg@20")
+    p.add_class_arguments(RecDataModule, "data")
+    p.add_subclass_arguments((RecModel, Baseline), "model", required=True)
+    p.add_class_arguments(L.Trainer, "trainer", instantiate=False, default={"max_epochs": 100})
+    return p
+
+
+def cmd_fit(argv: list[str]) -> int:
+    if not any(a == "--config" or a.startswith("--config=") for a in argv) and _default_config():
+        argv = ["--config", _default_config(), *argv]
+    parser = build_fit_parser()
+    cfg = parser.parse_args(argv)
+    run_dir = Path(cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{_config_name(cfg)}")
+    cfg.run_dir = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    import lightning as L
+
+    from recsys.io_utils import atomic_write_text
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    atomic_write_text(run_dir / "config.yaml", parser.dump(cfg, skip_none=False))
+    init = parser.instantiate(cfg)
+    dm, model = init.data, init.model
+    data = dm.prepare()
+    data.save(run_dir / "data")
+    print(f"[recsys] {data.summary()}", flush=True)
+
+    t0 = time.perf_counter()
+    from recsys.baselines.base import Baseline
+
+    if isinstance(model, Baseline):
+        model.fit(data)
+        model.eval()
+        epochs = None
+    else:
+        epochs = _fit_lightning(init, cfg, model, dm, run_dir)
+    fit_s = time.perf_counter() - t0
+    _save_model(model, data, run_dir)
+
+    from recsys.metrics.evaluate import evaluate
+
+    t1 = time.perf_counter()
+    test = evaluate(model, data, "test")
+    eval_s = time.perf_counter() - t1
+    valid = evaluate(model, data, "valid")
+    _write_json(run_dir / "metrics.json", test)
+    _write_json(run_dir / "valid_metrics.json", valid)
+    _write_json(run_dir / "timing.json", {"fit_s": fit_s, "test_eval_s": eval_s, "epochs": epochs})
+    print(f"[recsys] fit {fit_s:.1f} s, test evaluation {eval_s:.2f} s; run directory {run_dir}")
+    print("test metrics:\n" + format_metrics(test), flush=True)
+    return 0
+
+
+def _config_name(cfg) -> str:
+    configs = cfg.get("config") or []
+    if configs:
+        return Path(str(configs[-1])).stem
+    return cfg.model.class_path.rsplit(".", 1)[-1].lower()
+
+
+def _fit_lightning(init, cfg, model, dm, run_dir: Path) -> int:
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    monitor = cfg.early_stopping.monitor
+    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+                           save_top_k=1, save_weights_only=True, enable_version_counter=False)
+    stop = EarlyStopping(monitor=monitor, mode="max", patience=cfg.early_stopping.patience)
+    targs = dict(vars(init.trainer))
+    targs["callbacks"] = list(targs.get("callbacks") or []) + [ckpt, stop]
+    if targs.get("logger") in (None, True):
+        targs["logger"] = CSVLogger(save_dir=str(run_dir), name="logs", version="")
+    targs.setdefault("default_root_dir", str(run_dir))
+    trainer = L.Trainer(**targs)
+    trainer.fit(model, datamodule=dm)
+    if ckpt.best_model_path:
+        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict(state)
+    model.eval()
+    return trainer.current_epoch
+
+
+def _save_model(model, data, run_dir: Path) -> None:
+    """Write ``model.pt``: the weights, plus GEMM-ready tables so scoring needs no model code."""
+    import torch
+
+    from recsys.io_utils import atomic_path
+    from recsys.recommender import embedding_tables
+
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if hasattr(model, "tables") and model.tables() is not None:
+        q, i = model.tables()
+        payload["tables"] = {"queries": q.contiguous(), "items": i.contiguous()}
+    elif hasattr(model, "encoder"):
+        q, i = embedding_tables(model.encoder, model.scorer, data, up_to="all")
+        payload["tables"] = {"queries": q.cpu().contiguous(), "items": i.cpu().contiguous()}
+    with atomic_path(run_dir / "model.pt") as tmp:
+        torch.save(payload, tmp)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluate
+def cmd_evaluate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="recsys evaluate", description="Full-ranking metrics of a finished run.")
+    p.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
+    p.add_argument("--split", choices=["valid", "test"], default="test")
+    p.add_argument("--ks", type=int, nargs="+", default=[10, 20])
+    p.add_argument("--out", default=None, help="JSON output (default RUN/eval_<split>.json).")
+    a = p.parse_args(argv)
+    from recsys.metrics.evaluate import evaluate
+    from recsys.runs import load_model, require_run_dir
+
+    d = require_run_dir(a.run_dir, "config.yaml", "model.pt")
+    model, data = load_model(d)
+    t = time.perf_counter()
+    m = evaluate(model, data, a.split, tuple(a.ks))
+    print(f"{a.split} metrics ({time.perf_counter() - t:.2f} s):\n" + format_metrics(m))
+    _write_json(Path(a.out) if a.out else d / f"eval_{a.split}.json", m)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- score
+def cmd_score(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="recsys score", description="Top-k recommendations for users, as Parquet.")
+    p.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--out", required=True, help="Output Parquet file.")
+    p.add_argument("--users", default=None, help="File of external user IDs (one per line, or a 'user' column).")
+    p.add_argument("--keep-seen", action="store_true", help="Do not exclude the users' training items.")
+    p.add_argument("--chunk-size", type=int, default=None)
+    a = p.parse_args(argv)
+    from recsys.scoring.batch import score_run
+
+    t = time.perf_counter()
+    n = score_run(a.run_dir, a.out, k=a.k, users_file=a.users, keep_seen=a.keep_seen, chunk_size=a.chunk_size)
+    print(f"[recsys] wrote {n} rows to {a.out} in {time.perf_counter() - t:.2f} s")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def cmd_data(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="recsys data", description="Load a dataset and print what it contains.")
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--path", default=None)
+    a = p.parse_args(argv)
+    from recsys.data.prepare import prepare
+    from recsys.datasets import load_dataset
+
+    raw = load_dataset(a.dataset, a.path)
+    print(prepare(raw).summary())
+    if raw.items is not None:
+        print(f"item side table: {len(raw.items)} rows, columns {list(raw.items.columns)}")
+    if raw.users is not None:
+        print(f"user side table: {len(raw.users)} rows, columns {list(raw.users.columns)}")
+    return 0
+
+
+COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "score": cmd_score, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: recsys {" + ",".join(COMMANDS) + "} [options]   (recsys COMMAND --help for details)")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    _setup_logging()
+    from recsys.errors import RecsysError
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except RecsysError as e:
+        print(f"recsys {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The Lightning DataModule: loads a dataset, prepares it once, and serves training and evaluation batches."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from recsys.data.batch import Batch
+from recsys.data.prepare import Preprocess, SplitSpec, prepare
+from recsys.data.prepared import PreparedData
+from recsys.data.sampling import NegativeSampler
+from recsys.data.splits import TRAIN
+
+
+@dataclass
+class Loader:
+    """Batching and negative sampling.
+
+    Args:
+        batch_size: training interactions per batch.
+        num_negatives: sampled negatives per positive.
+        negatives: ``uniform`` or ``popularity`` sampling, always excluding the user's training items.
+        eval_batch_size: users per evaluation chunk.
+        history_len: history items per query for encoders that read histories (0 = the encoder's own length).
+    """
+
+    batch_size: int = 2048
+    num_negatives: int = 1
+    negatives: str = "uniform"
+    eval_batch_size: int = 2048
+    history_len: int = 0
+
+
+class TrainBatches(Dataset):
+    """Training batches of (user, positive, negatives), one dataset index per batch.
+
+    Whole batches are built with vectorised indexing and sampling, so there is no per-sample collation. The
+    order and the negatives depend only on (seed, epoch, batch index): runs are reproducible and DDP ranks that
+    receive different batch indices never draw the same batch.
+
+    Shapes:
+        item: Batch(users [B], items [B, 1 + num_negatives], history [B, L] or None)
+    """
+
+    def __init__(self, data: PreparedData, loader: Loader, seed: int, history_len: int = 0) -> None:
+        mask = data.labels == TRAIN
+        self.users, self.items = data.users[mask], data.items[mask]
+        self.data, self.loader, self.seed, self.history_len = data, loader, seed, history_len
+        self.sampler = NegativeSampler(data.train, loader.negatives)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.users))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.loader.batch_size)
+
+    def __getitem__(self, b: int) -> Batch:
+        bs = self.loader.batch_size
+        idx = self.perm[b * bs:(b + 1) * bs]
+        users = self.users[idx]
+        rng = np.random.default_rng([self.seed, self.epoch, b, 1])
+        negs = self.sampler.sample(users, self.loader.num_negatives, rng)
+        items = np.concatenate([self.items[idx, None], negs], axis=1)
+        hist = None
+        if self.history_len:
+            hist = torch.from_numpy(self.data.history(users, "train", self.history_len))
+        return Batch(torch.from_numpy(users), torch.from_numpy(items), hist)
+
+
+class UserChunks(Dataset):
+    """Evaluation queries: the users with held-out items in a split, in chunks, with histories when needed."""
+
+    def __init__(self, data: PreparedData, split: str, chunk: int, history_len: int = 0) -> None:
+        rel = data.csr(split)
+        self.users = np.flatnonzero(np.diff(rel.indptr) > 0)
+        self.data, self.chunk, self.history_len = data, chunk, history_len
+        self.up_to = "train" if split == "valid" else "train+valid"
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.users) / self.chunk)
+
+    def __getitem__(self, b: int) -> Batch:
+        users = self.users[b * self.chunk:(b + 1) * self.chunk]
+        hist = None
+        if self.history_len:
+            hist = torch.from_numpy(self.data.history(users, self.up_to, self.history_len))
+        return Batch(torch.from_numpy(users), None, hist)
+
+
+class RecDataModule(L.LightningDataModule):
+    """Loads a dataset by name, prepares it once, and exposes the sizes and matrices models bind to.
+
+    Args:
+        dataset: a registered name (``synthetic``, ``ml-latest-small``, ``ml-100k``, ``ml-1m``, ``ml-20m``,
+            ``ml-25m``, ``generic``, ``benchmark-txt``).
+        path: where the dataset's files are (MovieLens without a path downloads into a cache).
+        options: extra loader options (e.g. generator sizes, or column names for ``generic``).
+        preprocess: filtering before the split.
+        split: the split protocol.
+        loader: batching and negative sampling.
+    """
+
+    def __init__(self, dataset: str = "synthetic", path: str | None = None, options: dict | None = None,
+                 preprocess: Preprocess = Preprocess(), split: SplitSpec = SplitSpec(),
+                 loader: Loader = Loader()) -> None:
+        super().__init__()
+        self.dataset, self.path, self.options = dataset, path, dict(options or {})
+        self.preprocess, self.split, self.loader = preprocess, split, loader
+        self.data: PreparedData | None = None
+        self.seed = split.seed
+        self.history_len = loader.history_len
+
+    def prepare(self) -> PreparedData:
+        """Load and prepare the data (idempotent); usable without a Trainer."""
+        if self.data is None:
+            from recsys.datasets import load_dataset
+
+            raw = load_dataset(self.dataset, self.path, **self.options)
+            self.data = prepare(raw, self.preprocess, self.split)
+        return self.data
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare()
+
+    def train_dataloader(self) -> DataLoader:
+        self.train_set = TrainBatches(self.prepare(), self.loader, self.seed, self.history_len)
+        return DataLoader(self.train_set, batch_size=None, shuffle=False, collate_fn=_identity)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        ds = UserChunks(self.prepare(), split, self.loader.eval_batch_size, self.history_len)
+        return DataLoader(ds, batch_size=None, shuffle=False, collate_fn=_identity)
+
+
+def _identity(x):
+    return x

@@ -1,0 +1,123 @@
+"""Seeded, deterministic train/valid/test splits of an encoded log.
+
+Every splitter returns an int8 label per interaction: 0 train, 1 valid, 2 test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TRAIN, VALID, TEST = 0, 1, 2
+SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
+
+
+def _rank_within_user(users: np.ndarray, order_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each interaction within its user's list ordered by ``order_key``, and the user's count."""
+    order = np.lexsort((order_key, users))
+    counts = np.bincount(users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.empty(len(users), dtype=np.int64)
+    pos[order] = np.arange(len(users)) - starts[users[order]]
+    return pos, counts[users]
+
+
+def _ratio_counts(n: np.ndarray, ratios: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user valid and test sizes.
+
+    Valid and test get ``floor(ratio * n)`` each; a part whose share is between 0 and 1 interaction gets one,
+    as long as the train part keeps more than one. This matches RecBole's ``RS`` split so numbers compare.
+    """
+    r_train, r_valid, r_test = ratios
+    n_valid = np.floor(r_valid * n).astype(np.int64)
+    n_test = np.floor(r_test * n).astype(np.int64)
+    n_train = n - n_valid - n_test
+    # RecBole walks from the last part to the first, topping up parts with a fractional share below one.
+    for part, r in ((n_test, r_test), (n_valid, r_valid)):
+        bump = (n_train > 1) & (r * n > 0) & (r * n < 1)
+        part += bump
+        n_train -= bump
+    return n_valid, n_test
+
+
+def _assign(pos: np.ndarray, count: np.ndarray, n_valid: np.ndarray, n_test: np.ndarray) -> np.ndarray:
+    n_train = count - n_valid - n_test
+    labels = np.full(len(pos), TRAIN, dtype=np.int8)
+    labels[pos >= n_train] = VALID
+    labels[pos >= n_train + n_valid] = TEST
+    return labels
+
+
+def random_split(users: np.ndarray, ratios=(0.8, 0.1, 0.1), seed: int = 2026) -> np.ndarray:
+    """Per-user random split by ratio.
+
+    Args:
+        users: the user row of every interaction.
+        ratios: train, valid, test shares.
+        seed: the permutation seed.
+
+    Shapes:
+        users: [N] -> labels: [N] int8
+    """
+    rng = np.random.default_rng(seed)
+    pos, count = _rank_within_user(users, rng.permutation(len(users)))
+    n_valid, n_test = _ratio_counts(count, tuple(ratios))
+    return _assign(pos, count, n_valid, n_test)
+
+
+def temporal_split(users: np.ndarray, timestamps: np.ndarray, ratios=(0.8, 0.1, 0.1)) -> np.ndarray:
+    """Per-user temporal split by ratio: each user's latest interactions form valid, then test.
+
+    Ties in time keep file order.
+    """
+    pos, count = _rank_within_user(users, _time_key(timestamps))
+    n_valid, n_test = _ratio_counts(count, tuple(ratios))
+    return _assign(pos, count, n_valid, n_test)
+
+
+def leave_one_out(users: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """Leave-one-out by time: the last interaction is test, the second-to-last valid, the rest train.
+
+    A user with two interactions gets train + test; with one, train only.
+    """
+    pos, count = _rank_within_user(users, _time_key(timestamps))
+    n_test = (count >= 2).astype(np.int64)
+    n_valid = (count >= 3).astype(np.int64)
+    return _assign(pos, count, n_valid, n_test)
+
+
+def global_temporal_split(timestamps: np.ndarray, ratios=(0.8, 0.1, 0.1)) -> np.ndarray:
+    """A global time cut: the earliest share trains, the next validates, the latest tests."""
+    order = np.argsort(_time_key(timestamps), kind="stable")
+    n = len(order)
+    n_train = int(round(ratios[0] * n))
+    n_valid = int(round(ratios[1] * n))
+    labels = np.full(n, TEST, dtype=np.int8)
+    labels[order[:n_train]] = TRAIN
+    labels[order[n_train:n_train + n_valid]] = VALID
+    return labels
+
+
+def _time_key(timestamps: np.ndarray) -> np.ndarray:
+    # Stable tie-break on file position: lexsort uses the last key first, so encode position into the key.
+    ts = np.asarray(timestamps, dtype=np.float64)
+    return np.lexsort((np.arange(len(ts)), ts)).argsort()
+
+
+def split_interactions(method: str, users: np.ndarray, timestamps: np.ndarray | None, *, ratios=(0.8, 0.1, 0.1),
+                       seed: int = 2026, predefined: np.ndarray | None = None) -> np.ndarray:
+    """Dispatch to a splitter by name: ``random``, ``temporal``, ``loo``, ``global_temporal`` or ``predefined``."""
+    if method == "random":
+        return random_split(users, ratios, seed)
+    if method == "predefined":
+        if predefined is None:
+            raise ValueError("split 'predefined' needs a dataset with a 'split' column")
+        return predefined.astype(np.int8)
+    if timestamps is None:
+        raise ValueError(f"split {method!r} needs timestamps, and the log has none")
+    if method == "temporal":
+        return temporal_split(users, timestamps, ratios)
+    if method == "loo":
+        return leave_one_out(users, timestamps)
+    if method == "global_temporal":
+        return global_temporal_split(timestamps, ratios)
+    raise ValueError(f"unknown split {method!r}; choose random, temporal, loo, global_temporal or predefined")

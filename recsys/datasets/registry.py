@@ -1,0 +1,83 @@
+"""Name -> loader registry behind `load_dataset("ml-latest-small", path=...)` and the CLI's --data.name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import partial
+
+from recsys.datasets.base import RawDataset
+from recsys.datasets.benchmark_txt import load_benchmark_txt
+from recsys.datasets.generic import load_generic
+from recsys.datasets.movielens import MOVIELENS_VARIANTS, load_movielens
+from recsys.datasets.synthetic import generate_synthetic
+
+__all__ = ["available_datasets", "load_dataset", "register_dataset"]
+
+Loader = Callable[..., RawDataset]
+
+
+def _synthetic(path: str | os.PathLike | None = None, **options) -> RawDataset:
+    if path is not None:
+        raise ValueError("the synthetic dataset is generated, not read: drop path=... (use e.g. seed=, n_users=)")
+    return generate_synthetic(**options)
+
+
+def _needs_path(loader: Loader, dataset: str) -> Loader:
+    def load(path: str | os.PathLike | None = None, **options) -> RawDataset:
+        if path is None:
+            raise ValueError(f"dataset {dataset!r} needs path=... (--data.path on the command line)")
+        return loader(path, **options)
+    return load
+
+
+_LOADERS: dict[str, Loader] = {"synthetic": _synthetic}
+_LOADERS.update({variant: partial(load_movielens, variant) for variant in MOVIELENS_VARIANTS})
+_LOADERS["generic"] = _needs_path(load_generic, "generic")
+_LOADERS["benchmark-txt"] = _needs_path(load_benchmark_txt, "benchmark-txt")
+_ALIASES = {"csv": "generic", "parquet": "generic", "tsv": "generic", "ngcf": "benchmark-txt",
+            "lightgcn": "benchmark-txt", "movielens": "ml-latest-small"}
+
+
+def register_dataset(name: str, loader: Loader) -> None:
+    """Add or replace a loader.
+
+    Args:
+        name: the dataset name (lower-case; "_" is read as "-").
+        loader: called as loader(path=None, **options) and returning a RawDataset.
+    """
+    _LOADERS[_normalise(name)] = loader
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def available_datasets() -> list[str]:
+    """The registered dataset names (without aliases), in registration order."""
+    return list(_LOADERS)
+
+
+def load_dataset(name: str, path: str | os.PathLike | None = None, **options) -> RawDataset:
+    """Load a dataset by name.
+
+    Args:
+        name: "synthetic", "ml-latest-small", "ml-100k", "ml-1m", "ml-20m", "ml-25m", "generic" (aliases "csv",
+            "parquet", "tsv"), "benchmark-txt" (aliases "ngcf", "lightgcn") or a name added with register_dataset.
+        path: where the data are (a file for generic, a directory for MovieLens and benchmark-txt); unused for
+            synthetic.
+        **options: passed to the loader (e.g. seed=/n_users= for synthetic, user=/item=/rating= for generic,
+            cache_dir=/download= for MovieLens).
+
+    Returns:
+        The RawDataset.
+
+    Raises:
+        ValueError: unknown name (the message lists the known names) or a missing required path.
+    """
+    key = _normalise(name)
+    key = _ALIASES.get(key, key)
+    if key not in _LOADERS:
+        known = ", ".join([*_LOADERS, *(f"{a} (= {t})" for a, t in _ALIASES.items())])
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {known}")
+    return _LOADERS[key](path=path, **options)

@@ -1,0 +1,136 @@
+"""Encoder interfaces: side encoders (rows → embeddings) and two-sided encoders (queries and items)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from recsys.data.batch import Batch
+
+
+class Encoder(nn.Module):
+    """Maps rows of one side (users or items) to embeddings.
+
+    Data-dependent sizes (how many rows, the training graph, item text) are never configured: ``bind`` receives
+    the prepared data and allocates what depends on it, as Lightning's ``configure_model`` does for models.
+    Wrappers (hashing, low-rank, Matryoshka, quantization) wrap an Encoder and are still an Encoder.
+
+    Shapes:
+        rows: [...] int64 -> [..., out_dim]
+    """
+
+    out_dim: int
+
+    def bind(self, data, side: str) -> None:
+        """Allocate data-dependent parameters. ``side`` is ``"user"`` or ``"item"``."""
+
+    def forward(self, rows: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def regularization(self, rows: Tensor) -> Tensor:
+        """Squared L2 norm of the parameters touched by ``rows``, summed (0 when there are none)."""
+        return torch.zeros((), device=rows.device)
+
+
+class RecEncoder(nn.Module):
+    """Embeds queries (users, with their history when needed) and items into one space.
+
+    ``forward`` returns the query embeddings and the candidates' embeddings for a training batch. Encoders that
+    propagate both sides jointly (graphs) override ``propagate`` so that evaluation computes the tables once per
+    pass (see :meth:`precompute`), not once per batch.
+
+    Shapes:
+        batch.users: [B]; batch.items: [B, C] -> (query [B, D], items [B, C, D])
+    """
+
+    out_dim: int
+    #: the history length to put in query batches; 0 when the encoder does not read histories.
+    history_len: int = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tables: tuple[Tensor, Tensor] | None = None
+
+    def bind(self, data) -> None:
+        """Allocate data-dependent parameters from the prepared data (sizes, graph, side tables)."""
+
+    def encode_queries(self, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    def encode_items(self, items: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        return self.encode_queries(batch), self.encode_items(batch.items)
+
+    def regularization(self, batch: Batch) -> Tensor:
+        """An L2 penalty on the ego parameters a batch touches (the model multiplies it by its weight)."""
+        return torch.zeros((), device=batch.users.device)
+
+    def item_table(self, chunk_size: int = 65536) -> Tensor:
+        """Every item's embedding.
+
+        Shapes:
+            -> [n_items, D]
+        """
+        n = self.n_items
+        dev = next((p.device for p in self.parameters()), torch.device("cpu"))
+        return torch.cat([self.encode_items(torch.arange(s, min(s + chunk_size, n), device=dev))
+                          for s in range(0, n, chunk_size)])
+
+    @property
+    def n_items(self) -> int:
+        raise NotImplementedError
+
+    # Joint propagation and its evaluation-time cache.
+    def propagate(self) -> tuple[Tensor, Tensor] | None:
+        """Full user and item tables for encoders that compute both sides together; None otherwise."""
+        return None
+
+    @torch.no_grad()
+    def precompute(self) -> None:
+        """Compute joint tables once for an evaluation or scoring pass (no-op for per-row encoders)."""
+        self._tables = self.propagate()
+
+    def clear_cache(self) -> None:
+        self._tables = None
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._tables = None
+        return super().train(mode)
+
+
+class TwoTower(RecEncoder):
+    """A query tower and an item tower that embed rows independently (MF when both are ID tables).
+
+    Args:
+        user: the query-side encoder.
+        item: the item-side encoder.
+    """
+
+    def __init__(self, user: Encoder, item: Encoder) -> None:
+        super().__init__()
+        if user.out_dim != item.out_dim:
+            raise ValueError(f"tower sizes differ: user {user.out_dim}, item {item.out_dim}")
+        self.user, self.item = user, item
+        self.out_dim = user.out_dim
+        self._n_items = 0
+
+    def bind(self, data) -> None:
+        self.user.bind(data, "user")
+        self.item.bind(data, "item")
+        self._n_items = data.n_items
+
+    @property
+    def n_items(self) -> int:
+        return self._n_items
+
+    def encode_queries(self, batch: Batch) -> Tensor:
+        return self.user(batch.users)
+
+    def encode_items(self, items: Tensor) -> Tensor:
+        return self.item(items)
+
+    def regularization(self, batch: Batch) -> Tensor:
+        return self.user.regularization(batch.users) + self.item.regularization(batch.items)

@@ -1,0 +1,40 @@
+"""The full-ranking evaluator: top-k over every item for each user with held-out positives, then metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.metrics.ranking import ranking_metrics
+from recsys.scoring.topk import ScoreFn, topk
+
+
+def rank_split(score_fn: ScoreFn, data, split: str = "test", k: int = 20, chunk_size: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k lists for the users who have held-out items in ``split``, with the protocol's exclusions.
+
+    Train items are excluded when ranking for validation; train and valid items when ranking for test.
+
+    Shapes:
+        -> users [U'], ranked [U', k]
+    """
+    relevant = data.csr(split)
+    users = np.flatnonzero(np.diff(relevant.indptr) > 0)
+    ranked, _ = topk(score_fn, users, data.n_items, k, data.exclude_for(split), chunk_size)
+    return users, ranked
+
+
+def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | None = None) -> dict[str, float]:
+    """Full-ranking metrics of a model on a split (``valid`` or ``test``).
+
+    Args:
+        model: a ``RecModel`` (anything with ``encoder`` and ``scorer``) or a baseline with ``score_users``.
+        data: ``PreparedData``.
+        split: ``valid`` or ``test``.
+        ks: cut-offs.
+        chunk_size: users per scoring chunk (from a memory budget when None).
+    """
+    from recsys.recommender import score_function
+
+    score_fn = score_function(model, data, up_to="train" if split == "valid" else "train+valid")
+    users, ranked = rank_split(score_fn, data, split, max(ks), chunk_size)
+    return ranking_metrics(ranked, data.csr(split)[users], ks)

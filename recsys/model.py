@@ -1,0 +1,142 @@
+"""RecModel: the one LightningModule. It composes an encoder, a scorer and a loss; it holds no model logic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from recsys.data.batch import Batch
+from recsys.encoders.base import RecEncoder
+from recsys.losses import BPRLoss, Loss
+from recsys.metrics.ranking import ranking_metrics
+from recsys.scorers import DotScorer, Scorer
+from recsys.scoring.topk import mask_rows_
+
+OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
+
+
+class RecModel(L.LightningModule):
+    """Trains any encoder with any scorer and loss, and validates by full ranking.
+
+    Training: ``encoder(batch)`` gives query and candidate embeddings, ``scorer`` scores them (column 0 is the
+    positive), ``loss`` compares positive and negative scores, plus ``reg_weight`` × the encoder's L2 penalty on
+    the ego parameters the batch touched, divided by the batch size (the LightGCN convention).
+
+    Validation: embeddings are computed once per pass, every item is ranked for each validation user (training
+    items excluded), and ``ranking_metrics`` is logged as ``valid/<metric>@<k>``.
+
+    Args:
+        encoder: the two-sided encoder (MF, a graph encoder, a text encoder, ...).
+        scorer: how queries and items are scored (dot by default).
+        loss: the training loss (BPR by default).
+        optimizer: a factory ``params -> Optimizer`` (YAML: ``class_path: torch.optim.Adam``); Adam(lr=1e-3) if None.
+        reg_weight: weight of the encoder's L2 regulariser.
+        eval_ks: cut-offs for validation metrics.
+    """
+
+    def __init__(self, encoder: RecEncoder, scorer: Scorer | None = None, loss: Loss | None = None,
+                 optimizer: OptimizerFactory | None = None, reg_weight: float = 0.0,
+                 eval_ks: tuple[int, ...] = (10, 20)) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.scorer = scorer if scorer is not None else DotScorer()
+        self.loss = loss if loss is not None else BPRLoss()
+        self.optimizer_factory = optimizer
+        self.reg_weight = reg_weight
+        self.eval_ks = tuple(eval_ks)
+        self.data = None
+        self._bound = False
+        self._outputs: list[tuple[Tensor, Tensor]] = []
+
+    # Data binding: sizes and graphs come from the data, never from configuration.
+    def bind(self, data) -> None:
+        """Bind the encoder to prepared data (allocates tables, builds graphs); done once."""
+        self.data = data
+        if not self._bound:
+            self.encoder.bind(data)
+            self._bound = True
+
+    def configure_model(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "prepare"):
+            raise RuntimeError("RecModel needs a RecDataModule (trainer.fit(model, datamodule=...))")
+        self.bind(dm.prepare())
+        if not dm.history_len:
+            dm.history_len = self.encoder.history_len
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer_factory is None:
+            return torch.optim.Adam(params, lr=1e-3)
+        return self.optimizer_factory(params)
+
+    # Training.
+    def on_train_epoch_start(self) -> None:
+        ds = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        query, cands = self.encoder(batch)
+        scores = self.scorer(query, cands)
+        loss = self.loss(scores[:, 0], scores[:, 1:])
+        self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch))
+        if self.reg_weight:
+            reg = self.encoder.regularization(batch) / len(batch)
+            loss = loss + self.reg_weight * reg
+        return loss
+
+    # Full-ranking validation and test (the same code path as recsys evaluate).
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def _start_eval(self) -> None:
+        self.encoder.precompute()
+        self._items = self.scorer.prepare_items(self.encoder.item_table())
+        self._outputs = []
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "valid")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: Batch, split: str) -> None:
+        q = self.scorer.prepare_queries(self.encoder.encode_queries(batch))
+        scores = q @ self._items.T
+        rows = batch.users.cpu().numpy()
+        mask_rows_(scores, self.data.exclude_for(split), rows)
+        k = min(max(self.eval_ks), scores.shape[1])
+        self._outputs.append((batch.users, torch.topk(scores, k, dim=1).indices))
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("valid")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    def _end_eval(self, split: str) -> None:
+        self.encoder.clear_cache()
+        if not self._outputs:
+            return
+        users = torch.cat([u for u, _ in self._outputs])
+        ranked = torch.cat([r for _, r in self._outputs])
+        self._outputs = []
+        if self.trainer.world_size > 1:
+            # Each rank ranked a share of the users (a sampler may pad with repeats): gather, then de-duplicate
+            # so every user counts exactly once.
+            users = self.all_gather(users).reshape(-1)
+            ranked = self.all_gather(ranked).reshape(-1, ranked.shape[-1])
+        users_np, first = np.unique(users.cpu().numpy(), return_index=True)
+        ranked_np = ranked.cpu().numpy()[first]
+        metrics = ranking_metrics(ranked_np, self.data.csr(split)[users_np], self.eval_ks)
+        headline = f"ndcg@{max(self.eval_ks)}"
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items() if k != headline}, sync_dist=False)
+        self.log(f"{split}/{headline}", metrics[headline], prog_bar=True, sync_dist=False)

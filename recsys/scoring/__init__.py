@@ -1,0 +1,1 @@
+"""Batch scoring: chunked top-k and Parquet output."""

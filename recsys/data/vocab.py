@@ -76,7 +76,8 @@ class Vocabulary:
         rows = np.where(found, self._rows[pos_in_sorted], -1).astype(np.int64)
         if missing == "raise" and not found.all():
             pos = int(np.flatnonzero(~found)[0])
-            raise DataError(f"unknown {self.name} ID {values[pos]!r} ({int((~found).sum())} unknown in all)",
+            bad = values[pos].item() if hasattr(values[pos], "item") else values[pos]
+            raise DataError(f"unknown {self.name} ID {bad!r} ({int((~found).sum())} unknown in all)",
                             file=source, column=self.name, row=pos)
         return rows
 

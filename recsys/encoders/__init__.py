@@ -4,3 +4,8 @@ from recsys.encoders.base import Encoder, RecEncoder, TwoTower
 from recsys.encoders.id import IDEmbedding, MatrixFactorization
 
 __all__ = ["Encoder", "RecEncoder", "TwoTower", "IDEmbedding", "MatrixFactorization"]
+from recsys.encoders.graph import GraphEncoder  # noqa: E402  (torch_geometric is imported lazily inside)
+from recsys.encoders.lightgcn import LightGCN  # noqa: E402
+from recsys.encoders.ngcf import NGCF  # noqa: E402
+
+__all__ += ["GraphEncoder", "LightGCN", "NGCF"]

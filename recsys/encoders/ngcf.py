@@ -1,0 +1,77 @@
+"""NGCF: neural graph collaborative filtering, in the paper's form and in the authors' code's form."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recsys.encoders.graph import GraphEncoder, NGCFLayer, spmm
+
+
+class NGCF(GraphEncoder):
+    """NGCF: layers that mix neighbour sums and neighbour-ego affinities, concatenated over depths.
+
+    Wang et al., "Neural Graph Collaborative Filtering", SIGIR 2019. Each layer (see :class:`NGCFLayer`) reads
+    the previous layer's un-normalised output; the final embedding is ``[E⁰ ‖ Ê¹ ‖ … ‖ Ê^L]`` where ``Ê^l`` is the
+    row-wise L2-normalised layer output, so ``out_dim = dim × (n_layers + 1)``. Training uses message dropout on
+    every layer's output and node dropout on the adjacency (each non-zero dropped with probability
+    ``node_dropout``, the rest scaled by ``1/(1-p)``, as both reference codes do).
+
+    ``variant="paper"`` (Eq. 7-10, RecBole's form):
+        ``E^l = LeakyReLU((L + I) E^{l-1} W1 + (L E^{l-1} ⊙ E^{l-1}) W2 + b)``, ``L = D^-1/2 A D^-1/2``;
+        node dropout applies to ``L``; the L2 penalty is ``½‖E⁰_batch‖²`` on the ego embeddings.
+
+    ``variant="official"`` (the authors' TensorFlow code, ``xiangwang1223/neural_graph_collaborative_filtering``,
+    default ``adj_type=norm``, ``alg_type=ngcf``). It differs from the paper form in three ways:
+        1. the adjacency is ``L' = D^-1 (A + I)`` (row-normalised, self-loops inside, not symmetric) and no separate
+           ``+ I`` self-connection term is added;
+        2. the sum and bi-interaction branches have their own activations,
+           ``E^l = LeakyReLU(L' E W_gc + b_gc) + LeakyReLU((E ⊙ L' E) W_bi + b_bi)``, and the bi branch uses
+           ``L'`` (which includes the node itself) rather than ``L``;
+        3. the L2 penalty is ``½‖·‖²`` of the *propagated* (concatenated) embeddings of the batch's users and
+           candidates (``tf.nn.l2_loss``), which the model divides by the batch size as the code does.
+        Biases are Glorot-initialised like the weights, as in the code.
+
+    Args:
+        dim: size of the ego embeddings and of every layer.
+        n_layers: propagation depth ``L``.
+        variant: ``"paper"`` or ``"official"``.
+        node_dropout: probability of dropping each non-zero of the adjacency during training.
+        message_dropout: dropout on each layer's output during training.
+
+    Shapes:
+        batch.users: [B]; batch.items: [B, C] -> (query [B, dim·(L+1)], items [B, C, dim·(L+1)])
+    """
+
+    def __init__(self, dim: int = 64, n_layers: int = 3, variant: str = "paper", node_dropout: float = 0.1,
+                 message_dropout: float = 0.1) -> None:
+        if variant not in ("paper", "official"):
+            raise ValueError(f"variant must be 'paper' or 'official', not {variant!r}")
+        super().__init__(dim, init="xavier")
+        self.variant, self.node_dropout, self.message_dropout = variant, node_dropout, message_dropout
+        if variant == "official":
+            self.norm, self.self_loops = "left", True
+        self.out_dim = dim * (n_layers + 1)
+        self.layers = nn.ModuleList(NGCFLayer(dim, dim, variant) for _ in range(n_layers))
+
+    def propagate_nodes(self) -> Tensor:
+        values = self.adj.dropout(self.node_dropout) if self.training and self.node_dropout > 0 else None
+        a, at = self.adj.matrices(values)
+        ego = self.embedding.weight
+        outs = [ego]
+        for layer in self.layers:
+            ego = layer(ego, spmm(a, at, ego))
+            if self.training and self.message_dropout > 0:
+                ego = F.dropout(ego, self.message_dropout)
+            outs.append(F.normalize(ego, dim=1))
+        return torch.cat(outs, dim=1)
+
+    def regularization(self, batch) -> Tensor:
+        if self.variant == "paper":
+            return self.ego_regularization(batch)
+        if self._batch_out is None:  # called without a training forward: recompute this batch's embeddings
+            self._batch_out = GraphEncoder.forward(self, batch)
+        query, cands = self._batch_out
+        self._batch_out = None
+        return 0.5 * (query.pow(2).sum() + cands.pow(2).sum())

@@ -1,0 +1,208 @@
+"""Benchmark the graph encoders: per-epoch training time on P1 against RecBole, and a Gowalla-size scaling check.
+
+Per-epoch time is forward + backward + optimizer step over one P1 training epoch (ml-latest-small, the
+datamodule's 80/10/10 split, batch 2048, one uniform negative), batches built inside the timed loop as RecBole's
+loader does. RecBole 1.2.1 runs in its own venv through ``../shared/peers/recbole_p1.sh MODEL --epochs N``; its
+printed per-epoch training times are parsed. Both sides run with the same thread count (``--threads``, which also
+sets ``OMP_NUM_THREADS`` for RecBole): on a shared machine, more threads than free cores slows both down a lot.
+
+The scaling check trains LightGCN for one epoch and ranks every item for every user on a synthetic graph of
+Gowalla's size (29,858 users, 40,981 items, ~1M interactions), reporting wall times and the peak resident memory
+(``resource.getrusage``), which must stay under 24 GiB.
+
+Usage::
+
+    .venv/bin/python scripts/bench_graph.py                       # ours, RecBole side by side, then scaling
+    .venv/bin/python scripts/bench_graph.py --no-recbole --models lightgcn --epochs 3
+    .venv/bin/python scripts/bench_graph.py --only-scaling
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECBOLE = ROOT.parent / "shared" / "peers" / "recbole_p1.sh"
+RECBOLE_NAMES = {"lightgcn": "LightGCN", "ngcf": "NGCF", "ngcf_official": "NGCF"}
+
+
+def make_encoder(name: str):
+    from recsys.encoders import NGCF, LightGCN
+
+    if name == "lightgcn":
+        return LightGCN(dim=64, n_layers=3)
+    if name == "ngcf":
+        return NGCF(dim=64, n_layers=3, variant="paper")
+    if name == "ngcf_official":
+        return NGCF(dim=64, n_layers=3, variant="official")
+    raise ValueError(f"unknown model {name!r}")
+
+
+def train_epochs(encoder, data, epochs: int, batch_size: int = 2048, reg_weight: float = 1e-4,
+                 seed: int = 2026) -> list[float]:
+    """Seconds per training epoch (batching, sampling, forward, backward, Adam step).
+
+    Shapes:
+        -> [epochs] seconds
+    """
+    from recsys.data.datamodule import Loader, TrainBatches
+    from recsys.losses import BPRLoss
+    from recsys.scorers import DotScorer
+
+    encoder.train()
+    ds = TrainBatches(data, Loader(batch_size=batch_size), seed)
+    opt = torch.optim.Adam(encoder.parameters(), lr=1e-3)
+    loss_fn, scorer = BPRLoss(), DotScorer()
+    times = []
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        t = time.perf_counter()
+        for b in range(len(ds)):
+            batch = ds[b]
+            query, cands = encoder(batch)
+            scores = scorer(query, cands)
+            loss = loss_fn(scores[:, 0], scores[:, 1:]) + reg_weight * encoder.regularization(batch) / len(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def recbole_epochs(model: str, epochs: int, threads: int | None, timeout: int) -> list[float]:
+    """RecBole's per-epoch training seconds for ``model`` on P1 (empty if RecBole could not run)."""
+    if not RECBOLE.exists():
+        print(f"  RecBole runner not found at {RECBOLE}", flush=True)
+        return []
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    try:
+        out = subprocess.run([str(RECBOLE), model, "--epochs", str(epochs)], capture_output=True, text=True,
+                             env=env, timeout=timeout, cwd=ROOT).stdout
+    except (subprocess.TimeoutExpired, OSError) as e:
+        print(f"  RecBole {model} failed: {e}", flush=True)
+        return []
+    return [float(s) for s in re.findall(r"epoch \d+ training \[time: ([\d.]+)s", out)]
+
+
+def peak_rss_gib() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def gowalla_like(n_users: int = 29858, n_items: int = 40981, n_interactions: int = 1_027_370, seed: int = 0):
+    """A PreparedData with Gowalla's shape: power-law item popularity and user activity, 80/10/10 per user.
+
+    Built directly (not with ``generate_synthetic``, whose text tables and dense affinity blocks are not what this
+    check measures) so it takes seconds.
+    """
+    import scipy.sparse as sp
+
+    from recsys.data.prepared import PreparedData
+    from recsys.data.splits import TEST, TRAIN, VALID
+    from recsys.data.vocab import Vocabulary
+
+    rng = np.random.default_rng(seed)
+    activity = rng.pareto(1.5, n_users) + 1.0
+    counts = np.maximum(np.round(activity / activity.sum() * n_interactions), 10).astype(np.int64)
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    users = np.repeat(np.arange(n_users), counts)
+    items = rng.permutation(n_items)[rng.choice(n_items, size=len(users), p=pop / pop.sum())]
+    m = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(n_users, n_items))
+    m.sum_duplicates()
+    coo = m.tocoo()
+    users, items = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    u = rng.random(len(users))
+    labels = np.where(u < 0.8, TRAIN, np.where(u < 0.9, VALID, TEST)).astype(np.int8)
+    return PreparedData(Vocabulary.from_values(np.arange(n_users), "user"),
+                        Vocabulary.from_values(np.arange(n_items), "item"), users, items, labels, name="gowalla-like")
+
+
+def scaling_check() -> None:
+    from recsys.encoders import LightGCN
+    from recsys.metrics.evaluate import evaluate
+    from recsys.metrics.ranking import ranking_metrics  # noqa: F401  (imported for its one-time cost)
+
+    t = time.perf_counter()
+    data = gowalla_like()
+    print(f"[scaling] {data.summary()} built in {time.perf_counter() - t:.1f} s", flush=True)
+    enc = LightGCN(dim=64, n_layers=3)
+    t = time.perf_counter()
+    enc.bind(data)
+    print(f"[scaling] LightGCN bind (adjacency, {enc.adj.nnz} non-zeros) {time.perf_counter() - t:.1f} s", flush=True)
+    (epoch,) = train_epochs(enc, data, 1)
+    print(f"[scaling] one LightGCN training epoch: {epoch:.1f} s; peak RSS {peak_rss_gib():.2f} GiB", flush=True)
+
+    class Model(torch.nn.Module):
+        def __init__(self, encoder) -> None:
+            super().__init__()
+            from recsys.scorers import DotScorer
+
+            self.encoder, self.scorer = encoder, DotScorer()
+
+    t = time.perf_counter()
+    metrics = evaluate(Model(enc).eval(), data, "test")
+    print(f"[scaling] full-ranking test evaluation ({len(np.unique(data.users[data.labels == 2]))} users x "
+          f"{data.n_items} items): {time.perf_counter() - t:.1f} s, ndcg@20 {metrics['ndcg@20']:.4f}", flush=True)
+    peak = peak_rss_gib()
+    print(f"[scaling] peak RSS {peak:.2f} GiB ({'OK' if peak < 24 else 'OVER'} the 24 GiB limit)", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="lightgcn,ngcf,ngcf_official")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per model (ours)")
+    p.add_argument("--recbole-epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads for both sides (0 = leave the default)")
+    p.add_argument("--no-recbole", action="store_true")
+    p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--only-scaling", action="store_true")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "ml-latest-small"))
+    p.add_argument("--recbole-timeout", type=int, default=3600)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(f"[bench] torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs", flush=True)
+    if not a.only_scaling:
+        from recsys.data.datamodule import RecDataModule
+
+        data = RecDataModule(dataset="ml-latest-small", path=a.data).prepare()
+        print(f"[bench] {data.summary()}", flush=True)
+        rows, recbole = [], {}
+        for name in a.models.split(","):
+            torch.manual_seed(0)
+            enc = make_encoder(name)
+            enc.bind(data)
+            ours = train_epochs(enc, data, a.epochs)
+            ours_s = statistics.median(ours)
+            print(f"[bench] ours {name}: " + ", ".join(f"{t:.2f}" for t in ours) + f" s/epoch (median {ours_s:.2f})",
+                  flush=True)
+            model = RECBOLE_NAMES[name]
+            if not a.no_recbole and model not in recbole:  # both NGCF variants compare with RecBole's one NGCF
+                theirs = recbole_epochs(model, a.recbole_epochs, a.threads or None, a.recbole_timeout)
+                recbole[model] = statistics.mean(theirs) if theirs else float("nan")
+                print(f"[bench] RecBole {model}: " + ", ".join(f"{t:.2f}" for t in theirs)
+                      + f" s/epoch (mean {recbole[model]:.2f})", flush=True)
+            rows.append((name, ours_s, recbole.get(model, float("nan"))))
+        print("\nmodel           ours s/epoch   RecBole s/epoch   ratio")
+        for name, ours_s, theirs_s in rows:
+            print(f"{name:<15} {ours_s:>12.2f}   {theirs_s:>15.2f}   {ours_s / theirs_s:>5.2f}")
+    if not a.no_scaling:
+        scaling_check()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

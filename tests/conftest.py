@@ -1,0 +1,29 @@
+"""Shared test configuration: offline Hugging Face, paths to the shared real data, small fit helpers."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+ML_SMALL = REPO.parent / "shared" / "datasets" / "ml-latest-small"
+
+TINY_SYNTHETIC = "{n_users: 150, n_items: 80, n_interactions: 3000}"
+
+
+@pytest.fixture
+def ml_small() -> Path:
+    if not (ML_SMALL / "ratings.csv").exists():
+        pytest.skip("../shared/datasets/ml-latest-small is not available")
+    return ML_SMALL
+
+
+def fit_args(config: str, run_dir, *extra: str, epochs: int = 2) -> list[str]:
+    """Arguments for a quick `recsys fit` on tiny synthetic data."""
+    return ["fit", "--config", str(REPO / "configs" / config), "--run-dir", str(run_dir),
+            "--data.dataset", "synthetic", "--data.options", TINY_SYNTHETIC,
+            "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", *extra]

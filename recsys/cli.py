@@ -104,15 +104,23 @@ def cmd_fit(argv: list[str]) -> int:
     from recsys.metrics.evaluate import evaluate
 
     t1 = time.perf_counter()
-    test = evaluate(model, data, "test")
+    test = evaluate(model, data, "test", per_user_out=run_dir / "per_user_test.parquet")
     eval_s = time.perf_counter() - t1
     valid = evaluate(model, data, "valid")
     _write_json(run_dir / "metrics.json", test)
     _write_json(run_dir / "valid_metrics.json", valid)
-    _write_json(run_dir / "timing.json", {"fit_s": fit_s, "test_eval_s": eval_s, "epochs": epochs})
+    _write_json(run_dir / "timing.json", {"fit_s": fit_s, "test_eval_s": eval_s, "epochs": epochs,
+                                          "train_epoch_s": getattr(model, "epoch_times", None) or None,
+                                          "peak_rss_mib": _peak_rss_mib()})
     print(f"[recsys] fit {fit_s:.1f} s, test evaluation {eval_s:.2f} s; run directory {run_dir}")
     print("test metrics:\n" + format_metrics(test), flush=True)
     return 0
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _config_name(cfg) -> str:

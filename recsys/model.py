@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 import lightning as L
@@ -51,6 +52,7 @@ class RecModel(L.LightningModule):
         self.data = None
         self._bound = False
         self._outputs: list[tuple[Tensor, Tensor]] = []
+        self.epoch_times: list[float] = []
 
     # Data binding: sizes and graphs come from the data, never from configuration.
     def bind(self, data) -> None:
@@ -79,6 +81,11 @@ class RecModel(L.LightningModule):
         ds = getattr(self.trainer.train_dataloader, "dataset", None)
         if hasattr(ds, "set_epoch"):
             ds.set_epoch(self.current_epoch)
+        self._epoch_t0 = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        # Training time only (validation excluded), the number RecBole reports per epoch.
+        self.epoch_times.append(time.perf_counter() - self._epoch_t0)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         query, cands = self.encoder(batch)

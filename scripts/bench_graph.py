@@ -26,6 +26,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,8 +90,10 @@ def recbole_epochs(model: str, epochs: int, threads: int | None, timeout: int) -
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     try:
-        out = subprocess.run([str(RECBOLE), model, "--epochs", str(epochs)], capture_output=True, text=True,
-                             env=env, timeout=timeout, cwd=ROOT).stdout
+        # RecBole logs to stderr and writes log folders into its working directory: run it in a scratch one.
+        with tempfile.TemporaryDirectory(prefix="bench-recbole-") as cwd:
+            out = subprocess.run([str(RECBOLE), model, "--epochs", str(epochs)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, env=env, timeout=timeout, cwd=cwd).stdout
     except (subprocess.TimeoutExpired, OSError) as e:
         print(f"  RecBole {model} failed: {e}", flush=True)
         return []

@@ -23,7 +23,8 @@ def rank_split(score_fn: ScoreFn, data, split: str = "test", k: int = 20, chunk_
     return users, ranked
 
 
-def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | None = None) -> dict[str, float]:
+def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | None = None,
+             per_user_out=None) -> dict[str, float]:
     """Full-ranking metrics of a model on a split (``valid`` or ``test``).
 
     Args:
@@ -32,9 +33,28 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | No
         split: ``valid`` or ``test``.
         ks: cut-offs.
         chunk_size: users per scoring chunk (from a memory budget when None).
+        per_user_out: a Parquet path for per-user values (external user IDs), for significance tests.
     """
     from recsys.recommender import score_function
 
     score_fn = score_function(model, data, up_to="train" if split == "valid" else "train+valid")
     users, ranked = rank_split(score_fn, data, split, max(ks), chunk_size)
+    if per_user_out is not None:
+        write_per_user(per_user_out, data, users, ranked, split, ks)
     return ranking_metrics(ranked, data.csr(split)[users], ks)
+
+
+def write_per_user(path, data, users: np.ndarray, ranked: np.ndarray, split: str, ks=(10, 20)) -> None:
+    """Per-user metric values with external user IDs, written atomically to Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys.io_utils import atomic_path
+    from recsys.metrics.ranking import per_user_metrics
+
+    pu = per_user_metrics(ranked, data.csr(split)[users], ks)
+    ids = data.user_vocab.decode(users[pu["users"]])
+    cols = {"user": ids.tolist() if ids.dtype == object else ids}
+    cols.update({k: v for k, v in pu.items() if k != "users"})
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.table(cols), tmp)

@@ -1,0 +1,107 @@
+"""Run a list of configs on one dataset through `recsys fit` and print one comparison table.
+
+Columns: test metrics, fit time, mean training time per epoch, test evaluation time, peak RSS, and a paired t-test
+(and Wilcoxon) p-value on per-user ndcg@20 against the first config. Each config runs in its own process, so peak
+memory is per model. Writes the table as Markdown and JSON.
+
+    python scripts/benchmark.py --dataset ml-latest-small --path ../shared/datasets/ml-latest-small \
+        --configs configs/mf_bpr.yaml configs/als.yaml configs/bpr_implicit.yaml configs/itemknn.yaml configs/ease.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = ["mf_bpr", "als", "bpr_implicit", "itemknn", "ease"]
+METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "mrr@20", "hit@10", "hit@20",
+           "precision@10", "precision@20"]
+
+
+def run_config(config: Path, out: Path, args, extra: list[str]) -> dict:
+    run_dir = out / config.stem
+    cmd = [sys.executable, "-m", "recsys.cli", "fit", "--config", str(config), "--run-dir", str(run_dir),
+           "--data.dataset", args.dataset, "--trainer.enable_progress_bar", "false",
+           "--trainer.enable_model_summary", "false", *extra]
+    if args.path:
+        cmd += ["--data.path", args.path]
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        return {"config": config.stem, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    timing = json.loads((run_dir / "timing.json").read_text())
+    epochs = timing.get("train_epoch_s") or []
+    return {"config": config.stem, "run_dir": str(run_dir), **metrics, "fit_s": timing["fit_s"],
+            "epoch_s": float(np.mean(epochs)) if epochs else None, "epochs": len(epochs) or None,
+            "eval_s": timing["test_eval_s"], "peak_rss_mib": timing["peak_rss_mib"], "process_s": wall}
+
+
+def add_significance(rows: list[dict]) -> None:
+    from recsys.metrics.significance import paired_test
+
+    ok = [r for r in rows if "error" not in r]
+    if len(ok) < 2:
+        return
+    ref = pq.read_table(Path(ok[0]["run_dir"]) / "per_user_test.parquet").to_pandas().set_index("user")
+    for r in ok[1:]:
+        other = pq.read_table(Path(r["run_dir"]) / "per_user_test.parquet").to_pandas().set_index("user")
+        common = ref.index.intersection(other.index)
+        a, b = other.loc[common, "ndcg@20"].to_numpy(), ref.loc[common, "ndcg@20"].to_numpy()
+        r["p_ttest_vs_first"] = paired_test(a, b, "ttest")["p_value"]
+        r["p_wilcoxon_vs_first"] = paired_test(a, b, "wilcoxon")["p_value"]
+
+
+def to_markdown(rows: list[dict], title: str) -> str:
+    cols = ["config", *METRICS, "fit_s", "epoch_s", "epochs", "eval_s", "peak_rss_mib", "p_ttest_vs_first"]
+    lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if v is None:
+                cells.append("–" if "error" not in r or c == "config" else r["error"][:40])
+            elif isinstance(v, float):
+                cells.append(f"{v:.3g}" if c.startswith("p_") else f"{v:.4f}" if "@" in c else f"{v:.2f}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="ml-latest-small")
+    p.add_argument("--path", default=None)
+    p.add_argument("--configs", nargs="+", default=[str(REPO / "configs" / f"{c}.yaml") for c in DEFAULT_CONFIGS])
+    p.add_argument("--out", default="runs/benchmark")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="Options passed to every `recsys fit`.")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in args.configs:
+        print(f"[benchmark] {c} ...", flush=True)
+        rows.append(run_config(Path(c), out, args, args.extra))
+        r = rows[-1]
+        print(f"[benchmark]   ndcg@20={r.get('ndcg@20', float('nan')):.4f} fit={r.get('fit_s', float('nan')):.1f}s",
+              flush=True)
+    add_significance(rows)
+    md = to_markdown(rows, f"{args.dataset} (p-values: paired t-test on per-user ndcg@20 vs {rows[0]['config']})")
+    print(md)
+    (out / "benchmark.md").write_text(md + "\n")
+    (out / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

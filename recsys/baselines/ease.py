@@ -63,10 +63,10 @@ def ease_weights(X: sp.spmatrix, l2: float, method: str = "auto", block: int = 2
 
     Two exact routes, chosen by cost when ``method="auto"``:
 
-    * ``primal``: Cholesky of the item Gram matrix, O(I³) time and about 2·I² float64 transient memory.
-    * ``dual``: the Woodbury identity ``P = (I - Xᵀ(λI + XXᵀ)⁻¹X)/λ``, O(U³ + nnz·I) time; far cheaper when there
-      are fewer users than items (ml-latest-small: 610 users, 9.7k items), where the primal inverse takes ~30 s on
-      one core and this takes about a second.
+    * ``primal``: Cholesky of the item Gram matrix, O(I³) time, two float64 I × I temporaries (16·I² bytes) at peak.
+    * ``dual``: the Woodbury identity ``P = (I - Xᵀ(λI + XXᵀ)⁻¹X)/λ``, O(U³ + nnz·I) time and U × I temporaries;
+      far cheaper when there are fewer users than items (ml-latest-small: 610 users, 9.7k items, where the primal
+      route took ~80 s on one slow core and this one ~4 s).
 
     Both work in float64 (the Gram matrix's condition number grows with popularity) and return float32.
 
@@ -85,7 +85,6 @@ def ease_weights(X: sp.spmatrix, l2: float, method: str = "auto", block: int = 2
         method = "dual" if float(n_users) ** 3 + float(X.nnz) * n_items < float(n_items) ** 3 else "primal"
     if method not in ("primal", "dual"):
         raise ValueError(f"method must be 'auto', 'primal' or 'dual', not {method!r}")
-    B = torch.empty((n_items, n_items), dtype=torch.float32)
     if method == "primal":
         G = torch.from_numpy((X.T @ X).toarray())
         G.diagonal().add_(l2)
@@ -95,7 +94,7 @@ def ease_weights(X: sp.spmatrix, l2: float, method: str = "auto", block: int = 2
         del L
         # B_ij = -P_ij / P_jj off the diagonal.
         P.div_(-P.diagonal().clone())
-        B.copy_(P)
+        B = P.to(torch.float32)
         del P
     else:
         # With K = Xᵀ M X and M = (λI + XXᵀ)⁻¹ (a U × U system): P = (I - K)/λ, so B_ij = K_ij / (1 - K_jj).
@@ -105,6 +104,7 @@ def ease_weights(X: sp.spmatrix, l2: float, method: str = "auto", block: int = 2
         W = torch.cholesky_solve(Xd, torch.linalg.cholesky(M))  # M⁻¹ X, [U, I]
         scale = 1.0 / (1.0 - (Xd * W).sum(0))  # 1 / (1 - diag K)
         del Xd
+        B = torch.empty((n_items, n_items), dtype=torch.float32)
         Wn, XT = W.numpy(), X.T.tocsr()
         # Sparse Xᵀ times dense W: nnz·I multiply-adds instead of the dense product's U·I².
         for s in range(0, n_items, block):
@@ -121,8 +121,9 @@ class EASE(Baseline):
     the binary training matrix.
 
     Memory: B is a dense I × I float32 matrix (4·I² bytes: 0.38 GB for ml-latest-small's 9.7k items, 6.4 GB for
-    40k items), both in memory and in the checkpoint; fitting needs about twice that again in float64
-    temporaries (see :func:`ease_weights`). Use item-kNN for large catalogues.
+    40k items), both in memory and in the checkpoint. Fitting adds float64 temporaries: up to 16·I² bytes when
+    users outnumber items (the primal route of :func:`ease_weights`), only U × I ones otherwise. Use item-kNN for
+    large catalogues.
 
     Args:
         l2: λ, the L2 penalty on the weights (the paper's only hyper-parameter; larger for denser data).

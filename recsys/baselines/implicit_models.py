@@ -235,7 +235,7 @@ class ItemKNN(Baseline):
         # One fused sparse × sparse product; an order of magnitude faster on CPU than gathering in torch.
         X, S = csr_from_buffers(self, "train"), csr_from_buffers(self, "similarity")
         scores = X[users.cpu().numpy()] @ S
-        if out is None or out.device.type != "cpu" or not out.is_contiguous():
+        if out is None or out.device.type != "cpu" or out.dtype != torch.float32 or not out.is_contiguous():
             dense = torch.from_numpy(scores.toarray())
             return dense if out is None else out.copy_(dense)
         out.zero_()

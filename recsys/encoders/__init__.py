@@ -9,3 +9,6 @@ from recsys.encoders.lightgcn import LightGCN  # noqa: E402
 from recsys.encoders.ngcf import NGCF  # noqa: E402
 
 __all__ += ["GraphEncoder", "LightGCN", "NGCF"]
+from recsys.encoders.language import AlphaRec, LinearProbe  # noqa: E402  (transformers is imported lazily inside)
+
+__all__ += ["AlphaRec", "LinearProbe"]

@@ -32,5 +32,6 @@ class LightGCN(GraphEncoder):
         super().__init__(dim, init, init_std)
         self.propagation = LightGCNPropagation(n_layers, alpha)
 
-    def propagate_nodes(self) -> Tensor:
-        return self.propagation(self.adj, self.embedding.weight)
+    def propagate_nodes(self, rows: Tensor | None = None) -> Tensor:
+        out = self.propagation(self.adj, self.embedding.weight)
+        return out if rows is None else out[rows]

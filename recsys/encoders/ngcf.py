@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.encoders.graph import GraphEncoder, NGCFLayer, spmm
+from recsys.encoders.graph import GraphEncoder, NGCFLayer, dropout_mask, spmm
 
 
 class NGCF(GraphEncoder):
@@ -55,17 +55,26 @@ class NGCF(GraphEncoder):
         self.out_dim = dim * (n_layers + 1)
         self.layers = nn.ModuleList(NGCFLayer(dim, dim, variant) for _ in range(n_layers))
 
-    def propagate_nodes(self) -> Tensor:
+    def propagate_nodes(self, rows: Tensor | None = None) -> Tensor:
         values = self.adj.dropout(self.node_dropout) if self.training and self.node_dropout > 0 else None
         a, at = self.adj.matrices(values)
+        inverse = None
+        if rows is not None:
+            rows, inverse = torch.unique(rows, return_inverse=True)  # duplicates share one dropout draw
         ego = self.embedding.weight
-        outs = [ego]
-        for layer in self.layers:
-            ego = layer(ego, spmm(a, at, ego))
+        outs = [ego if rows is None else ego[rows]]
+        last = len(self.layers) - 1
+        for k, layer in enumerate(self.layers):
+            side = spmm(a, at, ego)
+            if rows is not None and k == last:
+                # The last layer feeds only the output, so only the requested rows need its transform.
+                ego, side = ego[rows], side[rows]
+            ego = layer(ego, side)
             if self.training and self.message_dropout > 0:
-                ego = F.dropout(ego, self.message_dropout)
-            outs.append(F.normalize(ego, dim=1))
-        return torch.cat(outs, dim=1)
+                ego = ego * dropout_mask(tuple(ego.shape), self.message_dropout, ego)
+            outs.append(F.normalize(ego if rows is None or k == last else ego[rows], dim=1))
+        out = torch.cat(outs, dim=1)
+        return out if inverse is None else out[inverse]
 
     def regularization(self, batch) -> Tensor:
         if self.variant == "paper":

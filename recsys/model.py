@@ -27,6 +27,16 @@ class RecModel(L.LightningModule):
     positive), ``loss`` compares positive and negative scores, plus ``reg_weight`` × the encoder's L2 penalty on
     the ego parameters the batch touched, divided by the batch size (the LightGCN convention).
 
+    ``negatives`` chooses what the positive competes with: ``sampled`` (the batch's negative columns), ``in_batch``
+    (the other rows' positives, plus any sampled columns; duplicates of the row's own positive are masked) or
+    ``full`` (every item of ``encoder.item_table()``, the full-catalogue softmax of SASRec's CE loss and Recformer's
+    fine-tuning; only column 0 of ``batch.items`` is read). Masked scores are -inf, so ``SoftmaxLoss`` is the exact
+    softmax cross-entropy over the remaining candidates.
+
+    Encoder hooks, both optional: ``encoder.on_train_epoch_start(epoch)`` (e.g. re-encode a frozen item table each
+    epoch) and ``encoder.auxiliary_loss(batch)`` (an extra, already weighted loss term such as Recformer's MLM, or
+    None), added to the ranking loss and logged as ``train/aux``.
+
     Validation: embeddings are computed once per pass, every item is ranked for each validation user (training
     items excluded), and ``ranking_metrics`` is logged as ``valid/<metric>@<k>``.
 
@@ -37,11 +47,12 @@ class RecModel(L.LightningModule):
         optimizer: a factory ``params -> Optimizer`` (YAML: ``class_path: torch.optim.Adam``); Adam(lr=1e-3) if None.
         reg_weight: weight of the encoder's L2 regulariser.
         eval_ks: cut-offs for validation metrics.
+        negatives: ``sampled``, ``in_batch`` or ``full`` (see above).
     """
 
     def __init__(self, encoder: RecEncoder, scorer: Scorer | None = None, loss: Loss | None = None,
                  optimizer: OptimizerFactory | None = None, reg_weight: float = 0.0,
-                 eval_ks: tuple[int, ...] = (10, 20)) -> None:
+                 eval_ks: tuple[int, ...] = (10, 20), negatives: str = "sampled") -> None:
         super().__init__()
         self.encoder = encoder
         self.scorer = scorer if scorer is not None else DotScorer()
@@ -49,6 +60,9 @@ class RecModel(L.LightningModule):
         self.optimizer_factory = optimizer
         self.reg_weight = reg_weight
         self.eval_ks = tuple(eval_ks)
+        if negatives not in ("sampled", "in_batch", "full"):
+            raise ValueError(f"negatives must be 'sampled', 'in_batch' or 'full', not {negatives!r}")
+        self.negatives = negatives
         self.data = None
         self._bound = False
         self._outputs: list[tuple[Tensor, Tensor]] = []
@@ -81,6 +95,9 @@ class RecModel(L.LightningModule):
         ds = getattr(self.trainer.train_dataloader, "dataset", None)
         if hasattr(ds, "set_epoch"):
             ds.set_epoch(self.current_epoch)
+        hook = getattr(self.encoder, "on_train_epoch_start", None)
+        if callable(hook):
+            hook(self.current_epoch)
         self._epoch_t0 = time.perf_counter()
 
     def on_train_epoch_end(self) -> None:
@@ -88,14 +105,43 @@ class RecModel(L.LightningModule):
         self.epoch_times.append(time.perf_counter() - self._epoch_t0)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        query, cands = self.encoder(batch)
-        scores = self.scorer(query, cands)
-        loss = self.loss(scores[:, 0], scores[:, 1:])
+        pos, neg = self.scores(batch)
+        loss = self.loss(pos, neg)
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(batch))
         if self.reg_weight:
             reg = self.encoder.regularization(batch) / len(batch)
             loss = loss + self.reg_weight * reg
+        aux_fn = getattr(self.encoder, "auxiliary_loss", None)
+        aux = aux_fn(batch) if callable(aux_fn) else None
+        if aux is not None:
+            self.log("train/aux", aux, on_step=False, on_epoch=True, batch_size=len(batch))
+            loss = loss + aux
         return loss
+
+    def scores(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Positive and negative training scores under the ``negatives`` setting.
+
+        Shapes:
+            batch.items: [B, C] -> (pos [B], neg [B, K])
+        """
+        if self.negatives == "full":
+            query = self.encoder.encode_queries(batch)
+            logits = self.scorer.score_all(query, self.encoder.item_table())
+            target = batch.items[:, :1]
+            pos = logits.gather(1, target).squeeze(1)
+            return pos, logits.scatter(1, target, float("-inf"))
+        query, cands = self.encoder(batch)
+        if self.negatives == "sampled":
+            scores = self.scorer(query, cands)
+            return scores[:, 0], scores[:, 1:]
+        # In-batch: row b's negatives are the other rows' positives; a duplicate of its own positive is no negative.
+        logits = self.scorer.score_all(query, cands[:, 0])
+        pos = logits.diagonal()
+        same = batch.items[:, :1] == batch.items[:, 0][None, :]
+        neg = logits.masked_fill(same, float("-inf"))
+        if cands.shape[1] > 1:
+            neg = torch.cat([neg, self.scorer(query, cands[:, 1:])], dim=1)
+        return pos, neg
 
     # Full-ranking validation and test (the same code path as recsys evaluate).
     def on_validation_epoch_start(self) -> None:

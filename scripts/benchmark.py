@@ -47,10 +47,32 @@ def run_config(config: Path, out: Path, args, extra: list[str]) -> dict:
             "eval_s": timing["test_eval_s"], "peak_rss_mib": timing["peak_rss_mib"], "process_s": wall}
 
 
+def run_recbole(model: str, protocol: str = "p1") -> dict:
+    """RecBole 1.2.1 on the same protocol (``../shared/peers``), for side-by-side fit and per-epoch times."""
+    import ast
+    import re
+
+    script = REPO.parent / "shared" / "peers" / "recbole_p1.sh"
+    if not script.exists():
+        return {"config": f"recbole:{model}", "error": "peer script not found"}
+    t = time.perf_counter()
+    proc = subprocess.run([str(script), model, "--protocol", protocol], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    out = proc.stdout + proc.stderr
+    epochs = [float(x) for x in re.findall(r"training \[time: ([\d.]+)s", out)]
+    m = re.search(r"RESULT \S+ (\{.*\}) fit_secs ([\d.]+)", out)
+    if not m:
+        return {"config": f"recbole:{model}", "error": (out.strip().splitlines() or ["failed"])[-1]}
+    metrics = {k.lower(): float(v) for k, v in ast.literal_eval(m.group(1)).items()}
+    return {"config": f"recbole:{model}", **metrics, "fit_s": float(m.group(2)),
+            "epoch_s": float(sum(epochs) / len(epochs)) if epochs else None, "epochs": len(epochs) or None,
+            "process_s": wall}
+
+
 def add_significance(rows: list[dict]) -> None:
     from recsys.metrics.significance import paired_test
 
-    ok = [r for r in rows if "error" not in r]
+    ok = [r for r in rows if "error" not in r and "run_dir" in r]
     if len(ok) < 2:
         return
     ref = pq.read_table(Path(ok[0]["run_dir"]) / "per_user_test.parquet").to_pandas().set_index("user")
@@ -85,6 +107,7 @@ def main() -> None:
     p.add_argument("--path", default=None)
     p.add_argument("--configs", nargs="+", default=[str(REPO / "configs" / f"{c}.yaml") for c in DEFAULT_CONFIGS])
     p.add_argument("--out", default="runs/benchmark")
+    p.add_argument("--recbole", nargs="*", default=[], help="RecBole models to run side by side (e.g. BPR).")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="Options passed to every `recsys fit`.")
     args = p.parse_args()
     out = Path(args.out)
@@ -96,6 +119,9 @@ def main() -> None:
         r = rows[-1]
         print(f"[benchmark]   ndcg@20={r.get('ndcg@20', float('nan')):.4f} fit={r.get('fit_s', float('nan')):.1f}s",
               flush=True)
+    for m in args.recbole:
+        print(f"[benchmark] recbole {m} ...", flush=True)
+        rows.append(run_recbole(m))
     add_significance(rows)
     md = to_markdown(rows, f"{args.dataset} (p-values: paired t-test on per-user ndcg@20 vs {rows[0]['config']})")
     print(md)

@@ -27,6 +27,10 @@ class Loader:
         negatives: ``uniform`` or ``popularity`` sampling, always excluding the user's training items.
         eval_batch_size: users per evaluation chunk.
         history_len: history items per query for encoders that read histories (0 = the encoder's own length).
+        examples: what a training example is: ``pairs`` (user, positive, negatives; the history is the user's whole
+            training history), ``prefixes`` (every prefix of each user's chronological training sequence predicts
+            its next item: sequential models, see :mod:`recsys.data.sequences`) or ``user_prefixes`` (one random
+            prefix per user per epoch, as Recformer's fine-tuning).
     """
 
     batch_size: int = 2048
@@ -34,6 +38,7 @@ class Loader:
     negatives: str = "uniform"
     eval_batch_size: int = 2048
     history_len: int = 0
+    examples: str = "pairs"
 
 
 class TrainBatches(Dataset):
@@ -130,7 +135,16 @@ class RecDataModule(L.LightningDataModule):
         self.prepare()
 
     def train_dataloader(self) -> DataLoader:
-        self.train_set = TrainBatches(self.prepare(), self.loader, self.seed, self.history_len)
+        if self.loader.examples == "pairs":
+            self.train_set = TrainBatches(self.prepare(), self.loader, self.seed, self.history_len)
+        elif self.loader.examples in ("prefixes", "user_prefixes"):
+            from recsys.data.sequences import PrefixBatches
+
+            self.train_set = PrefixBatches(self.prepare(), self.loader, self.seed, self.history_len,
+                                           per_user=self.loader.examples == "user_prefixes")
+        else:
+            raise ValueError(f"loader.examples must be 'pairs', 'prefixes' or 'user_prefixes', "
+                             f"not {self.loader.examples!r}")
         return DataLoader(self.train_set, batch_size=None, shuffle=False, collate_fn=_identity)
 
     def val_dataloader(self) -> DataLoader:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import scipy.sparse as sp
+
+if TYPE_CHECKING:  # pandas and scipy load lazily: the scoring path imports this module and needs neither
+    import pandas as pd
+    import scipy.sparse as sp
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ def to_csr(users: np.ndarray, items: np.ndarray, shape: tuple[int, int], values:
     Shapes:
         users, items: [N] int -> [n_users, n_items]
     """
+    import scipy.sparse as sp
+
     data = np.ones(len(users), dtype=np.float32) if values is None else np.asarray(values, dtype=np.float32)
     m = sp.csr_matrix((data, (np.asarray(users), np.asarray(items))), shape=shape)
     m.sum_duplicates()

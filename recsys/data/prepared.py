@@ -139,8 +139,10 @@ class PreparedData:
         """Read what :meth:`save` wrote. Side tables (which need pandas) are optional."""
         import pyarrow.parquet as pq
 
+        from recsys.io_utils import arrow_to_numpy
+
         d = Path(directory)
-        t = pq.read_table(d / "split.parquet")
+        t = pq.ParquetFile(d / "split.parquet").read()
         item_table = user_table = None
         if side_tables:
             import pandas as pd
@@ -152,9 +154,9 @@ class PreparedData:
         return cls(
             user_vocab=Vocabulary.load(d / "user_vocab.parquet", "user"),
             item_vocab=Vocabulary.load(d / "item_vocab.parquet", "item"),
-            users=t.column("user").to_numpy(), items=t.column("item").to_numpy(),
-            labels=t.column("split").to_numpy(),
-            timestamps=t.column("timestamp").to_numpy() if "timestamp" in t.column_names else None,
+            users=arrow_to_numpy(t.column("user")), items=arrow_to_numpy(t.column("item")),
+            labels=arrow_to_numpy(t.column("split")),
+            timestamps=arrow_to_numpy(t.column("timestamp")) if "timestamp" in t.column_names else None,
             item_table=item_table, user_table=user_table,
             name=(d / "name.txt").read_text() if (d / "name.txt").exists() else "data",
         )

@@ -106,7 +106,9 @@ class Vocabulary:
         """Read a vocabulary written by :meth:`save`."""
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        from recsys.io_utils import arrow_to_numpy
+
+        table = pq.ParquetFile(path).read()  # ParquetFile avoids importing pyarrow.dataset (~1 s)
         col = table.column(0)
-        ids = np.asarray(col.to_pylist(), dtype=object) if col.type == "string" else col.to_numpy()
+        ids = np.asarray(col.to_pylist(), dtype=object) if col.type == "string" else arrow_to_numpy(col)
         return cls(ids, name or table.column_names[0])

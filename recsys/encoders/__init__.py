@@ -12,3 +12,7 @@ __all__ += ["GraphEncoder", "LightGCN", "NGCF"]
 from recsys.encoders.language import AlphaRec, LinearProbe  # noqa: E402  (transformers is imported lazily inside)
 
 __all__ += ["AlphaRec", "LinearProbe"]
+from recsys.encoders.recformer import Backbone, Recformer  # noqa: E402  (transformers is imported lazily inside)
+from recsys.encoders.sasrec import SASRec  # noqa: E402
+
+__all__ += ["Backbone", "Recformer", "SASRec"]

@@ -409,8 +409,9 @@ class GraphEncoder(RecEncoder):
         n_batch, n_cands = batch.items.shape
         # One gather for users and candidates: its backward is one scatter into one zero [N, D] gradient.
         rows = torch.cat([batch.users, batch.items.reshape(-1) + self.n_users])
-        out = self.propagate_nodes(rows)
-        query, cands = out[:n_batch], out[n_batch:].view(n_batch, n_cands, -1)
+        # ``split`` (not slicing): its backward is one concatenation, where each slice's would zero-fill a copy.
+        query, cands = torch.split(self.propagate_nodes(rows), [n_batch, n_batch * n_cands])
+        cands = cands.view(n_batch, n_cands, -1)
         # Kept for ``regularization`` of the same step (the official NGCF penalises propagated embeddings).
         self._batch_out = (query, cands) if self.training else None
         return query, cands
@@ -430,7 +431,8 @@ class GraphEncoder(RecEncoder):
         With the model dividing by the batch size, ``reg_weight`` is the papers' λ (``decay``).
         """
         w = self.embedding.weight
-        return 0.5 * (w[batch.users].pow(2).sum() + w[batch.items + self.n_users].pow(2).sum())
+        rows = torch.cat([batch.users, batch.items.reshape(-1) + self.n_users])
+        return 0.5 * w.index_select(0, rows).pow(2).sum()
 
     def regularization(self, batch) -> Tensor:
         return self.ego_regularization(batch)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.encoders.base import RecEncoder
-from recsys.encoders.graph import GraphEncoder, LightGCNPropagation, bipartite_adjacency
+from recsys.encoders.graph import Adjacency, LightGCNPropagation, bipartite_adjacency
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,14 @@ def make_mapping(in_dim: int, out_dim: int, mapping: str, hidden_dim: int | None
     raise ValueError(f"mapping must be 'linear' or 'mlp', not {mapping!r}")
 
 
-class AlphaRec(GraphEncoder):
+class AlphaRec(RecEncoder):
     """AlphaRec: mapped frozen LM embeddings of users (history means) and items, smoothed by LightGCN propagation.
 
     ``E⁰ = f([mean_{i∈N(u)} z_i ; z_i])`` with ``z_i`` the LM embedding of item i's flattened text and ``f`` the
-    trained mapping, then ``E = Σ_{l=0..L} Ã^l E⁰ / (L+1)`` with ``Ã = D^-1/2 A D^-1/2`` (no self-loops). Train it
-    with ``CosineScorer(temperature=0.15)`` and ``SoftmaxLoss`` over ``num_negatives`` uniform negatives (256 in
-    the paper), Adam lr 5e-4, batch 4096 (the official settings).
+    trained mapping, then ``E = Σ_{l=0..L} Ã^l E⁰ / (L+1)`` with ``Ã = D^-1/2 A D^-1/2`` (no self-loops; the graph
+    module's adjacency and sparse propagation). Train it with ``CosineScorer(temperature=0.15)`` and
+    ``SoftmaxLoss`` over ``num_negatives`` uniform negatives (256 in the paper), Adam lr 5e-4, batch 4096 (the
+    official settings).
 
     Sheng et al., "Language Representations Can be What Recommenders Need: Findings and Potentials", ICLR 2025.
 
@@ -155,14 +156,16 @@ class AlphaRec(GraphEncoder):
                  attributes: list[str] | None = None, max_words_per_attribute: int | None = 32,
                  max_words: int | None = 128, cache_dir: str | None = None, lm_batch_size: int = 64,
                  lm_dim: int | None = None, reduce: str = "pca") -> None:
-        super().__init__(dim)
+        super().__init__()
         if mapping not in ("linear", "mlp"):
             raise ValueError(f"mapping must be 'linear' or 'mlp', not {mapping!r}")
-        self.mapping_kind, self.hidden_dim = mapping, hidden_dim
+        self.out_dim, self.mapping_kind, self.hidden_dim = dim, mapping, hidden_dim
         self.text = TextFeatures(lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute,
                                  max_words, cache_dir, lm_batch_size, lm_dim, reduce)
         self.propagation = LightGCNPropagation(n_layers)
         self.mapping: nn.Module | None = None
+        self.adj: Adjacency | None = None
+        self.n_users = self._n_items = 0
 
     def bind(self, data) -> None:
         self.n_users, self._n_items = data.n_users, data.n_items
@@ -171,15 +174,43 @@ class AlphaRec(GraphEncoder):
         # Users then items: the node order of the adjacency, so propagation needs no concatenation per step.
         self.register_buffer("lm_nodes", torch.cat([users, items]), persistent=False)
         if self.mapping is None:
-            self.mapping = make_mapping(items.shape[1], self.dim, self.mapping_kind, self.hidden_dim)
+            self.mapping = make_mapping(items.shape[1], self.out_dim, self.mapping_kind, self.hidden_dim)
         self.adj = bipartite_adjacency(data.train, "sym", self_loops=False)
 
+    @property
+    def n_items(self) -> int:
+        return self._n_items
+
     def propagate_nodes(self) -> Tensor:
+        """Final embeddings of every node, users then items.
+
+        Shapes:
+            -> [U + I, dim]
+        """
         return self.propagation(self.adj, self.mapping(self.lm_nodes))
 
-    def regularization(self, batch) -> Tensor:
-        # No ego table: the official code regularises only through the optimiser's weight decay.
-        return torch.zeros((), device=batch.users.device)
+    def propagate(self) -> tuple[Tensor, Tensor]:
+        out = self.propagate_nodes()
+        return out[:self.n_users], out[self.n_users:]
+
+    def forward(self, batch) -> tuple[Tensor, Tensor]:
+        if self._tables is not None:
+            return super().forward(batch)
+        # Training: the mapping and propagation cover the whole graph once per step, then the batch is gathered.
+        out = self.propagate_nodes()
+        n_batch, n_cands = batch.items.shape
+        rows = torch.cat([batch.users, batch.items.reshape(-1) + self.n_users])
+        query, cands = torch.split(out.index_select(0, rows), [n_batch, n_batch * n_cands])
+        return query, cands.view(n_batch, n_cands, -1)
+
+    def _table(self) -> tuple[Tensor, Tensor]:
+        return self._tables if self._tables is not None else self.propagate()
+
+    def encode_queries(self, batch) -> Tensor:
+        return self._table()[0][batch.users]
+
+    def encode_items(self, items: Tensor) -> Tensor:
+        return self._table()[1][items]
 
     @torch.no_grad()
     def embed_new_items(self, texts: Sequence[str]) -> Tensor:

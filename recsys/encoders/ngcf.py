@@ -62,19 +62,19 @@ class NGCF(GraphEncoder):
         if rows is not None:
             rows, inverse = torch.unique(rows, return_inverse=True)  # duplicates share one dropout draw
         ego = self.embedding.weight
-        outs = [ego if rows is None else ego[rows]]
+        outs = [ego if rows is None else ego.index_select(0, rows)]
         last = len(self.layers) - 1
         for k, layer in enumerate(self.layers):
             side = spmm(a, at, ego)
             if rows is not None and k == last:
                 # The last layer feeds only the output, so only the requested rows need its transform.
-                ego, side = ego[rows], side[rows]
+                ego, side = ego.index_select(0, rows), side.index_select(0, rows)
             ego = layer(ego, side)
             if self.training and self.message_dropout > 0:
                 ego = ego * dropout_mask(tuple(ego.shape), self.message_dropout, ego)
-            outs.append(F.normalize(ego if rows is None or k == last else ego[rows], dim=1))
+            outs.append(F.normalize(ego if rows is None or k == last else ego.index_select(0, rows), dim=1))
         out = torch.cat(outs, dim=1)
-        return out if inverse is None else out[inverse]
+        return out if inverse is None else out.index_select(0, inverse)
 
     def regularization(self, batch) -> Tensor:
         if self.variant == "paper":

@@ -17,7 +17,7 @@ def read_user_ids(path: str | Path) -> np.ndarray:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        t = pq.read_table(path)
+        t = pq.ParquetFile(path).read()
         col = "user" if "user" in t.column_names else t.column_names[0]
         return np.asarray(t.column(col).to_pylist(), dtype=object)
     lines = [ln.strip() for ln in path.read_text().splitlines()]
@@ -66,11 +66,10 @@ def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recsys.data.interactions import to_csr
     from recsys.data.vocab import Vocabulary
-    from recsys.io_utils import atomic_path
+    from recsys.io_utils import arrow_to_numpy, atomic_path, numpy_to_arrow
     from recsys.runs import require_run_dir
-    from recsys.scoring.topk import iter_topk
+    from recsys.scoring.topk import RowSets, iter_topk
 
     d = require_run_dir(run_dir, "model.pt", "data/split.parquet")
     user_vocab = Vocabulary.load(d / "data/user_vocab.parquet", "user")
@@ -81,10 +80,10 @@ def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file:
         rows = np.arange(len(user_vocab))
     exclude = None
     if not keep_seen:
-        split = pq.read_table(d / "data/split.parquet", columns=["user", "item", "split"])
-        train = split.column("split").to_numpy() == 0
-        exclude = to_csr(split.column("user").to_numpy()[train], split.column("item").to_numpy()[train],
-                         (len(user_vocab), len(item_vocab)))
+        split = pq.ParquetFile(d / "data/split.parquet").read(columns=["user", "item", "split"])
+        train = arrow_to_numpy(split.column("split")) == 0
+        users = arrow_to_numpy(split.column("user"))[train]
+        exclude = RowSets.from_pairs(users, arrow_to_numpy(split.column("item"))[train], len(user_vocab))
     score_fn = _score_fn_for_run(d, d / "data")
     schema = pa.schema([("user", _arrow_type(user_vocab)), ("item", _arrow_type(item_vocab)),
                         ("rank", pa.int32()), ("score", pa.float32())])
@@ -95,8 +94,8 @@ def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file:
             keep = idx >= 0
             u = np.broadcast_to(urows[:, None], idx.shape)[keep]
             ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), idx.shape)[keep]
-            table = pa.table({"user": _arrow_ids(user_vocab, u), "item": _arrow_ids(item_vocab, idx[keep]),
-                              "rank": ranks, "score": vals[keep].astype(np.float32)}, schema=schema)
+            cols = [user_vocab.decode(u), item_vocab.decode(idx[keep]), ranks, vals[keep].astype(np.float32)]
+            table = pa.Table.from_arrays([numpy_to_arrow(c) for c in cols], schema=schema)
             writer.write_table(table)
             n += len(u)
     return n
@@ -106,10 +105,3 @@ def _arrow_type(vocab):
     import pyarrow as pa
 
     return pa.string() if vocab.ids.dtype == object else pa.from_numpy_dtype(vocab.ids.dtype)
-
-
-def _arrow_ids(vocab, rows):
-    import pyarrow as pa
-
-    ids = vocab.decode(rows)
-    return pa.array(ids.tolist() if ids.dtype == object else ids, type=_arrow_type(vocab))

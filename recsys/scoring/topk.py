@@ -7,11 +7,14 @@ This one engine serves validation, ``recsys evaluate``, ``recsys score`` and the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 ScoreFn = Callable[[Tensor, Tensor | None], Tensor]
 
@@ -21,7 +24,20 @@ def chunk_size_for(n_items: int, memory_budget: int = 256 << 20, max_chunk: int 
     return int(max(1, min(max_chunk, memory_budget // max(1, 4 * n_items))))
 
 
-def mask_rows_(scores: Tensor, exclude: sp.csr_matrix, rows: np.ndarray) -> None:
+class RowSets(NamedTuple):
+    """A minimal CSR (``indptr``, ``indices``) of item sets per user; scipy's csr_matrix also fits this shape."""
+
+    indptr: np.ndarray
+    indices: np.ndarray
+
+    @classmethod
+    def from_pairs(cls, users: np.ndarray, items: np.ndarray, n_users: int) -> RowSets:
+        order = np.lexsort((items, users))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=n_users))])
+        return cls(indptr, np.asarray(items)[order])
+
+
+def mask_rows_(scores: Tensor, exclude: sp.csr_matrix | RowSets, rows: np.ndarray) -> None:
     """Set ``scores[j, i] = -inf`` for every item ``i`` in ``exclude[rows[j]]``, in place.
 
     Shapes:

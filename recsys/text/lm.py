@@ -317,7 +317,8 @@ class LMEncoder:
         STATS["encoded"] += len(miss)
         STATS["cached"] += n_hit
         self.last = {"encoded": int(len(miss)), "cached": int(n_hit), "encode_s": time.perf_counter() - t0}
-        log.info("LM %s: %d texts, %d from cache, %d encoded in %.2f s", self.model_dir.name, len(texts), n_hit,
+        name = "/".join(self.model_dir.parts[-2:])
+        log.info("LM %s: %d texts, %d from cache, %d encoded in %.2f s", name, len(texts), n_hit,
                  len(miss), self.last["encode_s"])
         return vecs[[pos[h] for h in hashes]]
 

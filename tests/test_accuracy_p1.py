@@ -1,0 +1,25 @@
+"""Accuracy on protocol P1 (ml-latest-small, per-user random 80/10/10, seed 2026). Slow: `make test-slow`."""
+
+import json
+
+import pytest
+from conftest import REPO
+
+from recsys.cli import main
+
+pytestmark = pytest.mark.slow
+
+# Test ndcg@20 floors: RecBole 1.2.1's BPR reaches 0.211 on P1 on this machine; the baselines' floors sit a little
+# under what the tuned configs measured (see the benchmark table in the README), to absorb thread-count noise.
+FLOORS = {"mf_bpr": 0.211, "ease": 0.27, "als": 0.26, "itemknn": 0.22, "pop": 0.12}
+
+
+@pytest.mark.parametrize("config", sorted(FLOORS))
+def test_p1_ndcg20_floor(config, tmp_path, ml_small):
+    run = tmp_path / config
+    args = ["fit", "--config", str(REPO / "configs" / f"{config}.yaml"), "--run-dir", str(run),
+            "--data.dataset", "ml-latest-small", "--data.path", str(ml_small),
+            "--trainer.enable_progress_bar", "false"]
+    assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["ndcg@20"] >= FLOORS[config], metrics

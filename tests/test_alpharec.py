@@ -1,0 +1,118 @@
+"""AlphaRec and the linear probe: the encoder contract, cold items, the CLI pipeline with a tiny LM, the LM cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recsys.cli import main
+from recsys.data.prepared import PreparedData
+from recsys.data.splits import TEST
+from recsys.encoders import AlphaRec, LinearProbe
+from recsys.encoders.language import history_mean
+from recsys.losses import SoftmaxLoss
+from recsys.scorers import CosineScorer
+from recsys.testing import EncoderConformance, checkerboard
+from recsys.text.lm import STATS
+from tests.conftest import fit_args
+from tests.test_text import make_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("alpharec_lm")
+    return str(make_tiny_bert(root / "model")), str(root / "cache")
+
+
+class _TinyLM:
+    scorer = CosineScorer(0.15)
+    loss = SoftmaxLoss()
+    lr = 0.01
+    weight_decay = 1e-6
+    checkerboard_epochs = 10  # text separates the groups from the start: a few epochs suffice
+
+    @pytest.fixture(autouse=True)
+    def _lm(self, tiny_lm):
+        self.lm_path, self.cache_dir = tiny_lm
+
+
+class TestAlphaRecMLP(_TinyLM, EncoderConformance):
+    def make_encoder(self):
+        return AlphaRec(dim=8, mapping="mlp", hidden_dim=16, lm_path=self.lm_path, cache_dir=self.cache_dir)
+
+
+class TestAlphaRecLinear(_TinyLM, EncoderConformance):
+    def make_encoder(self):
+        return AlphaRec(dim=8, mapping="linear", n_layers=1, lm_path=self.lm_path, cache_dir=self.cache_dir)
+
+
+class TestLinearProbeHistory(_TinyLM, EncoderConformance):
+    def make_encoder(self):
+        return LinearProbe(dim=8, user="history", lm_path=self.lm_path, cache_dir=self.cache_dir)
+
+
+class TestLinearProbeID(_TinyLM, EncoderConformance):
+    def make_encoder(self):
+        return LinearProbe(dim=8, user="id", lm_path=self.lm_path, cache_dir=self.cache_dir)
+
+
+def test_history_mean_matches_dense():
+    train = sp.csr_matrix(np.array([[1, 0, 2], [0, 0, 0], [1, 1, 1]], dtype=np.float32))
+    z = torch.arange(6, dtype=torch.float32).reshape(3, 2)
+    got = history_mean(train, z)
+    want = torch.stack([(z[0] + z[2]) / 2, torch.zeros(2), z.mean(0)])
+    torch.testing.assert_close(got, want)
+
+
+def test_cold_items_are_embedded_from_text(tiny_lm):
+    """Items with side-table text but no training interaction get their mapped text embedding (zero-shot)."""
+    base = checkerboard()
+    cold = np.arange(base.n_items - 4, base.n_items)
+    labels = np.where(np.isin(base.items, cold), TEST, base.labels).astype(np.int8)
+    data = PreparedData(base.user_vocab, base.item_vocab, base.users, base.items, labels, base.timestamps,
+                        item_table=base.item_table, name="cold")
+    assert data.train[:, cold].nnz == 0
+    torch.manual_seed(0)
+    enc = AlphaRec(dim=8, hidden_dim=16, lm_path=tiny_lm[0], cache_dir=tiny_lm[1])
+    enc.bind(data)
+    enc.eval()
+    enc.precompute()
+    table = enc.item_table()
+    enc.clear_cache()
+    assert torch.isfinite(table).all() and (table[cold].norm(dim=1) > 0).all()
+    from recsys.text import item_texts
+
+    texts = [item_texts(data.item_table)[i] for i in cold]
+    torch.testing.assert_close(enc.embed_new_items(texts), table[cold], atol=1e-5, rtol=1e-5)
+    # A brand-new item of group 0 is closer to group-0 items than a group-1 one is (text carries the group).
+    assert enc.embed_new_items(["title: group0 item 99 genres: group0"]).shape == (1, 8)
+
+
+def test_fit_cli_and_cache(tiny_lm, tmp_path):
+    lm_path, _ = tiny_lm
+    cache = str(tmp_path / "lm_cache")
+    extra = ["--model.init_args.encoder.init_args.lm_path", lm_path,
+             "--model.init_args.encoder.init_args.cache_dir", cache,
+             "--data.loader.batch_size", "512", "--data.loader.num_negatives", "16"]
+    before = dict(STATS)
+    assert main(fit_args("alpharec_mlp.yaml", tmp_path / "a", *extra, epochs=2)) == 0
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert 0.0 <= metrics["ndcg@20"] <= 1.0
+    first = STATS["encoded"] - before["encoded"]
+    assert first > 0
+    # A second fit of another config on the same data: every text comes from the cache, no model is loaded.
+    mid = dict(STATS)
+    assert main(fit_args("alpharec.yaml", tmp_path / "b", *extra, epochs=1)) == 0
+    assert STATS["encoded"] == mid["encoded"] and STATS["model_loads"] == mid["model_loads"]
+    assert STATS["cached"] - mid["cached"] >= first
+    # Reloading the run (evaluate rebinds the encoder) also reads the cache.
+    assert main(["evaluate", "--run-dir", str(tmp_path / "a")]) == 0
+    assert STATS["encoded"] == mid["encoded"]
+    # Changing the text (another attribute set) encodes again.
+    assert main(fit_args("linear_probe.yaml", tmp_path / "c", *extra,
+                         "--model.init_args.encoder.init_args.attributes", "[title]", epochs=1)) == 0
+    assert STATS["encoded"] > mid["encoded"]

@@ -180,7 +180,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     p.add_argument("--ks", type=int, nargs="+", default=[10, 20])
     p.add_argument("--out", default=None, help="JSON output (default RUN/eval_<split>.json).")
     a = p.parse_args(argv)
-    from recsys.metrics.evaluate import evaluate
+    from recsys.metrics.evaluate import beyond_accuracy, evaluate
     from recsys.runs import load_model, require_run_dir
 
     d = require_run_dir(a.run_dir, "config.yaml", "model.pt")
@@ -188,7 +188,9 @@ def cmd_evaluate(argv: list[str]) -> int:
     t = time.perf_counter()
     m = evaluate(model, data, a.split, tuple(a.ks))
     print(f"{a.split} metrics ({time.perf_counter() - t:.2f} s):\n" + format_metrics(m))
-    _write_json(Path(a.out) if a.out else d / f"eval_{a.split}.json", m)
+    extra = beyond_accuracy(model, data, a.split, tuple(a.ks))
+    print("beyond accuracy: " + ", ".join(f"{k} {v:.4g}" for k, v in extra.items()))
+    _write_json(Path(a.out) if a.out else d / f"eval_{a.split}.json", {**m, **extra})
     return 0
 
 
@@ -200,12 +202,17 @@ def cmd_score(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="Output Parquet file.")
     p.add_argument("--users", default=None, help="File of external user IDs (one per line, or a 'user' column).")
     p.add_argument("--keep-seen", action="store_true", help="Do not exclude the users' training items.")
-    p.add_argument("--chunk-size", type=int, default=None)
+    p.add_argument("--chunk-size", type=int, default=None, help="Users per GEMM chunk (default: 256 MiB budget).")
+    p.add_argument("--shard-users", type=int, default=None,
+                   help="Write OUT as a directory of Parquet shards of this many users, resumable.")
+    p.add_argument("--num-shards", type=int, default=1, help="Workers sharing the job (external schedulers).")
+    p.add_argument("--shard-index", type=int, default=0, help="This worker's index in 0..num-shards-1.")
     a = p.parse_args(argv)
     from recsys.scoring.batch import score_run
 
     t = time.perf_counter()
-    n = score_run(a.run_dir, a.out, k=a.k, users_file=a.users, keep_seen=a.keep_seen, chunk_size=a.chunk_size)
+    n = score_run(a.run_dir, a.out, k=a.k, users_file=a.users, keep_seen=a.keep_seen, chunk_size=a.chunk_size,
+                  shard_users=a.shard_users, num_shards=a.num_shards, shard_index=a.shard_index)
     print(f"[recsys] wrote {n} rows to {a.out} in {time.perf_counter() - t:.2f} s")
     return 0
 

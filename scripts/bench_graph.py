@@ -114,6 +114,42 @@ def recbole_epochs(model: str, epochs: int, threads: int | None, timeout: int) -
     return walls, (cpu_n - cpu_1) / (epochs - 1) if epochs > 1 and walls else float("nan")
 
 
+def spmm_microbench(data, repeats: int = 20) -> None:
+    """Three propagation layers forward and backward: our CSR product and autograd function vs torch's defaults."""
+    from recsys.encoders.graph import bipartite_adjacency, sparse_polynomial, spmm
+
+    adj = bipartite_adjacency(data.train)
+    a, at = adj.matrices()
+    a64 = torch.sparse_csr_tensor(a.crow_indices().long(), a.col_indices().long(), a.values(), a.shape)
+    coo = a64.to_sparse_coo().coalesce()
+    x = torch.randn(adj.n, 64, requires_grad=True)
+    g = torch.randn(adj.n, 64)
+
+    def layers(mm):
+        h = x
+        for _ in range(3):
+            h = mm(h)
+        h.backward(g)
+
+    cases = {"torch COO (RecBole's)": lambda: layers(lambda h: torch.sparse.mm(coo, h)),
+             "torch CSR int64, default backward": lambda: layers(lambda h: a64 @ h),
+             "CSR int32 + SpMM (NGCF)": lambda: layers(lambda h: spmm(a, at, h)),
+             "CSR int32 + SparsePolynomial (LightGCN)":
+                 lambda: sparse_polynomial(a, at, x, (0.25, 0.25, 0.25, 0.25)).backward(g)}
+    res = {}
+    for _ in range(2):  # interleaved rounds, so a burst of load on a shared machine hits every case alike
+        for name, f in cases.items():
+            f()
+            t = time.process_time()
+            for _ in range(repeats // 2):
+                f()
+            res.setdefault(name, []).append((time.process_time() - t) / (repeats // 2) * 1e3)
+    base = min(res["torch CSR int64, default backward"])
+    for name, ts in res.items():
+        print(f"[spmm] 3 layers fwd+bwd, {name:<40} {min(ts):7.1f} ms CPU ({base / min(ts):.1f}x vs default CSR)",
+              flush=True)
+
+
 def peak_rss_gib() -> float:
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -201,6 +237,7 @@ def main() -> int:
 
         data = RecDataModule(dataset="ml-latest-small", path=a.data).prepare()
         print(f"[bench] {data.summary()}", flush=True)
+        spmm_microbench(data)
         rows, recbole = [], {}
         for name in a.models.split(","):
             torch.manual_seed(0)

@@ -27,3 +27,13 @@ def fit_args(config: str, run_dir, *extra: str, epochs: int = 2) -> list[str]:
             "--data.dataset", "synthetic", "--data.options", TINY_SYNTHETIC,
             "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", *extra]
+
+
+@pytest.fixture(scope="session")
+def mf_run(tmp_path_factory):
+    """One small trained MF run shared by the CLI, scoring and export tests."""
+    from recsys.cli import main
+
+    run = tmp_path_factory.mktemp("mf") / "run"
+    assert main(fit_args("mf_bpr.yaml", run, epochs=3)) == 0
+    return run

@@ -16,13 +16,6 @@ from recsys.metrics import per_user_metrics
 from recsys.runs import load_model
 
 
-@pytest.fixture(scope="module")
-def mf_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("mf") / "run"
-    assert main(fit_args("mf_bpr.yaml", run, epochs=3)) == 0
-    return run
-
-
 def test_fit_writes_the_run_directory(mf_run):
     for f in ("config.yaml", "model.pt", "metrics.json", "data/user_vocab.parquet", "data/item_vocab.parquet",
               "data/split.parquet", "checkpoints/best.ckpt", "logs/metrics.csv"):

@@ -16,3 +16,12 @@ from recsys.encoders.recformer import Backbone, Recformer  # noqa: E402  (transf
 from recsys.encoders.sasrec import SASRec  # noqa: E402
 
 __all__ += ["Backbone", "Recformer", "SASRec"]
+from recsys.encoders.unified import (  # noqa: E402
+    FeatureEmbedding,
+    FeatureTwoTower,
+    PerFeatureEmbedding,
+    SingleHashEmbedding,
+    UnifiedEmbedding,
+)
+
+__all__ += ["FeatureEmbedding", "FeatureTwoTower", "PerFeatureEmbedding", "SingleHashEmbedding", "UnifiedEmbedding"]

@@ -53,13 +53,13 @@ def dropout_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
 class Adjacency(nn.Module):
     """A square sparse propagation matrix with its transpose, as non-persistent buffers that follow ``.to()``.
 
-    The matrix is stored as CSR parts (int32 ``crow``/``col``, float ``values``); ``matrix()`` assembles a torch
+    The matrix is stored as CSR parts (int32 ``crow``/``col``, float ``values``); ``matrices()`` assembles a torch
     CSR tensor without copying. The transpose is the same structure when the matrix is symmetric; otherwise its
     own ``crow``/``col`` plus ``perm``, the positions of its values in ``values``, so edge dropout on ``values``
     carries over to the transpose by one gather.
 
     Args:
-        crow, col, values: CSR parts of the matrix (rows sorted by column).
+        crow, col, values: CSR parts of the matrix (columns sorted within each row).
         t_crow, t_col, perm: CSR parts of the transpose and the permutation ``values[perm]`` → its values.
         symmetric: whether the matrix equals its transpose (then ``Aᵀ`` is ``A`` itself).
 
@@ -92,7 +92,8 @@ class Adjacency(nn.Module):
         a = torch.sparse_csr_tensor(self.crow, self.col, v, size, check_invariants=False)
         if self.symmetric and values is None:
             return a, a
-        at = torch.sparse_csr_tensor(self.t_crow, self.t_col, v[self.perm], size, check_invariants=False)
+        at = torch.sparse_csr_tensor(self.t_crow, self.t_col, v.index_select(0, self.perm), size,
+                                     check_invariants=False)
         return a, at
 
     def dropout(self, p: float) -> Tensor:
@@ -220,7 +221,9 @@ def bipartite_adjacency(train: sp.spmatrix, norm: str = "sym", self_loops: bool 
 
     if norm not in ("sym", "left"):
         raise ValueError(f"norm must be 'sym' or 'left', not {norm!r}")
-    coo = sp.coo_matrix(train)
+    csr = sp.csr_matrix(train, copy=True)
+    csr.eliminate_zeros()  # stored zeros are not edges
+    coo = csr.tocoo()
     n_users, n_items = coo.shape
     n = n_users + n_items
     u = torch.from_numpy(coo.row.astype(np.int64))
@@ -235,7 +238,7 @@ def bipartite_adjacency(train: sp.spmatrix, norm: str = "sym", self_loops: bool 
         weight = deg.reciprocal()[edge_index[0]]
     with warnings.catch_warnings():  # torch's "CSR is beta" / "invariant checks implicitly disabled" notices
         warnings.simplefilter("ignore", UserWarning)
-        a = to_torch_csr_tensor(edge_index, weight.float(), size=n)  # coalesces: sums duplicate interactions' weights
+        a = to_torch_csr_tensor(edge_index, weight.float(), size=n)  # sorts the edges into CSR order
     crow, col, values = a.crow_indices(), a.col_indices(), a.values()
     # The transpose's CSR order sorts entries by (column, row); ``perm`` maps it back to positions in ``values``.
     row = torch.repeat_interleave(torch.arange(n), crow.diff())

@@ -139,4 +139,6 @@ class SASRec(RecEncoder):
         return self.items(items)
 
     def item_table(self, chunk_size: int = 65536) -> Tensor:
-        return self.items.weight[:self._n_items]
+        table = self.items.weight[:self._n_items]
+        # A view of a parameter keeps requires_grad even under no_grad; scoring tables must not.
+        return table if torch.is_grad_enabled() else table.detach()

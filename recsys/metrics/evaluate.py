@@ -44,6 +44,25 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | No
     return ranking_metrics(ranked, data.csr(split)[users], ks)
 
 
+def beyond_accuracy(model, data, split: str = "test", ks=(10, 20)) -> dict[str, float]:
+    """Catalogue coverage, novelty and popularity bias (ARP) of the split's top-k lists.
+
+    Kept apart from :func:`evaluate` so that ``metrics.json`` holds exactly the keys of ``ranking_metrics``.
+    """
+    from recsys.metrics.beyond import item_coverage, novelty, popularity_bias
+    from recsys.recommender import score_function
+
+    score_fn = score_function(model, data, up_to="train" if split == "valid" else "train+valid")
+    _, ranked = rank_split(score_fn, data, split, max(ks))
+    pop = data.item_popularity()
+    out = {}
+    for k in ks:
+        out[f"coverage@{k}"] = item_coverage(ranked, data.n_items, k)
+        out[f"novelty@{k}"] = novelty(ranked, pop, k, n_users=data.n_users)
+        out[f"arp@{k}"] = popularity_bias(ranked, pop, k)
+    return out
+
+
 def write_per_user(path, data, users: np.ndarray, ranked: np.ndarray, split: str, ks=(10, 20)) -> None:
     """Per-user metric values with external user IDs, written atomically to Parquet."""
     import pyarrow as pa

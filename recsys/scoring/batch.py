@@ -49,56 +49,160 @@ def _score_fn_for_run(run_dir: Path, data_dir: Path):
 
 
 def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file: str | Path | None = None,
-              keep_seen: bool = False, chunk_size: int | None = None) -> int:
+              keep_seen: bool = False, chunk_size: int | None = None, shard_users: int | None = None,
+              num_shards: int = 1, shard_index: int = 0) -> int:
     """Write the top-k items of every user (or of the listed users) of a run to Parquet.
 
     Columns: ``user`` and ``item`` (external IDs), ``rank`` (1-based), ``score``. Items a user interacted with in
-    training are excluded unless ``keep_seen``. Returns the number of rows written.
+    training are excluded unless ``keep_seen``. Returns the number of rows written by this call.
+
+    With ``shard_users`` (or ``num_shards > 1``) ``out`` is a directory of ``part-NNNNN.parquet`` shards, each
+    written atomically with a ``.json`` sidecar (rows, users, sha256) and a ``manifest.json`` over all shards. A
+    rerun verifies existing shards against their sidecars, skips the complete ones and rewrites missing, truncated
+    or corrupted ones, so a killed job resumes to byte-identical output. ``num_shards`` / ``shard_index`` let an
+    external scheduler split the shards between workers (shard i goes to worker ``i % num_shards``).
 
     Args:
         run_dir: a finished ``recsys fit`` run.
-        out: the Parquet file to write (replaced atomically).
+        out: the Parquet file (or, when sharded, the directory) to write.
         k: list length.
         users_file: external user IDs to score (all users when None).
         keep_seen: keep training items in the lists.
-        chunk_size: users per chunk (from a memory budget when None).
+        chunk_size: users per GEMM chunk (from a memory budget when None).
+        shard_users: users per shard; enables sharded output.
+        num_shards: workers sharing the job.
+        shard_index: this worker's index in ``0..num_shards-1``.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from recsys.data.vocab import Vocabulary
-    from recsys.io_utils import arrow_to_numpy, atomic_path, numpy_to_arrow
-    from recsys.runs import require_run_dir
-    from recsys.scoring.topk import RowSets, iter_topk
-
-    d = require_run_dir(run_dir, "model.pt", "data/split.parquet")
-    user_vocab = Vocabulary.load(d / "data/user_vocab.parquet", "user")
-    item_vocab = Vocabulary.load(d / "data/item_vocab.parquet", "item")
-    if users_file is not None:
-        rows = user_vocab.encode(read_user_ids(users_file), source=str(users_file))
-    else:
-        rows = np.arange(len(user_vocab))
-    exclude = None
-    if not keep_seen:
-        split = pq.ParquetFile(d / "data/split.parquet").read(columns=["user", "item", "split"])
-        train = arrow_to_numpy(split.column("split")) == 0
-        users = arrow_to_numpy(split.column("user"))[train]
-        exclude = RowSets.from_pairs(users, arrow_to_numpy(split.column("item"))[train], len(user_vocab))
-    score_fn = _score_fn_for_run(d, d / "data")
-    schema = pa.schema([("user", _arrow_type(user_vocab)), ("item", _arrow_type(item_vocab)),
-                        ("rank", pa.int32()), ("score", pa.float32())])
+    job = _ScoringJob(run_dir, k, users_file, keep_seen, chunk_size)
+    if shard_users is None and num_shards == 1:
+        return job.write(Path(out), job.rows)
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    per = shard_users or -(-len(job.rows) // num_shards)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".part-*.tmp"):
+        # Temp files of a killed run (a shard only becomes visible by an atomic rename). With several workers
+        # another one may be writing, so only a single-worker job cleans up.
+        if num_shards == 1:
+            stale.unlink(missing_ok=True)
     n = 0
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for urows, idx, vals in iter_topk(score_fn, rows, len(item_vocab), k, exclude, chunk_size):
-            idx, vals = idx.numpy(), vals.numpy()
-            keep = idx >= 0
-            u = np.broadcast_to(urows[:, None], idx.shape)[keep]
-            ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), idx.shape)[keep]
-            cols = [user_vocab.decode(u), item_vocab.decode(idx[keep]), ranks, vals[keep].astype(np.float32)]
-            table = pa.Table.from_arrays([numpy_to_arrow(c) for c in cols], schema=schema)
-            writer.write_table(table)
-            n += len(u)
+    parts = range(0, max(1, -(-len(job.rows) // per)))
+    for p in parts:
+        if p % num_shards != shard_index:
+            continue
+        path = out / f"part-{p:05d}.parquet"
+        rows = job.rows[p * per:(p + 1) * per]
+        if _shard_is_complete(path, len(rows)):
+            continue
+        written = job.write(path, rows)
+        _write_sidecar(path, written, rows)
+        n += written
+    _write_manifest(out, len(parts), k)
     return n
+
+
+class _ScoringJob:
+    """Everything a scoring pass needs, loaded once: vocabularies, exclusions, the score function."""
+
+    def __init__(self, run_dir, k, users_file, keep_seen, chunk_size) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from recsys.data.vocab import Vocabulary
+        from recsys.io_utils import arrow_to_numpy
+        from recsys.runs import require_run_dir
+        from recsys.scoring.topk import RowSets
+
+        d = require_run_dir(run_dir, "model.pt", "data/split.parquet")
+        self.user_vocab = Vocabulary.load(d / "data/user_vocab.parquet", "user")
+        self.item_vocab = Vocabulary.load(d / "data/item_vocab.parquet", "item")
+        if users_file is not None:
+            self.rows = self.user_vocab.encode(read_user_ids(users_file), source=str(users_file))
+        else:
+            self.rows = np.arange(len(self.user_vocab))
+        self.exclude = None
+        if not keep_seen:
+            split = pq.ParquetFile(d / "data/split.parquet").read(columns=["user", "item", "split"])
+            train = arrow_to_numpy(split.column("split")) == 0
+            users = arrow_to_numpy(split.column("user"))[train]
+            self.exclude = RowSets.from_pairs(users, arrow_to_numpy(split.column("item"))[train],
+                                              len(self.user_vocab))
+        self.score_fn = _score_fn_for_run(d, d / "data")
+        self.k, self.chunk_size = k, chunk_size
+        self.schema = pa.schema([("user", _arrow_type(self.user_vocab)), ("item", _arrow_type(self.item_vocab)),
+                                 ("rank", pa.int32()), ("score", pa.float32())])
+
+    def write(self, path: Path, rows: np.ndarray) -> int:
+        """Score ``rows`` and stream them into one Parquet file, replaced atomically."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from recsys.io_utils import atomic_path, numpy_to_arrow
+        from recsys.scoring.topk import iter_topk
+
+        k, n = self.k, 0
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, self.schema) as writer:
+            for urows, idx, vals in iter_topk(self.score_fn, rows, len(self.item_vocab), k, self.exclude,
+                                              self.chunk_size):
+                idx, vals = idx.numpy(), vals.numpy()
+                keep = idx >= 0
+                u = np.broadcast_to(urows[:, None], idx.shape)[keep]
+                ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), idx.shape)[keep]
+                cols = [self.user_vocab.decode(u), self.item_vocab.decode(idx[keep]), ranks,
+                        vals[keep].astype(np.float32)]
+                writer.write_table(pa.Table.from_arrays([numpy_to_arrow(c) for c in cols], schema=self.schema))
+                n += len(u)
+        return n
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_sidecar(path: Path, rows_written: int, users: np.ndarray) -> None:
+    import json
+
+    from recsys.io_utils import atomic_write_text
+
+    meta = {"file": path.name, "rows": rows_written, "users": len(users), "sha256": _sha256(path)}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, sort_keys=True) + "\n")
+
+
+def _shard_is_complete(path: Path, n_users: int) -> bool:
+    """A shard counts as done only if its file exists, matches its sidecar's checksum and covers its users."""
+    import json
+
+    side = path.with_suffix(".json")
+    if not (path.exists() and side.exists()):
+        return False
+    try:
+        meta = json.loads(side.read_text())
+    except ValueError:
+        return False
+    return meta.get("users") == n_users and meta.get("sha256") == _sha256(path)
+
+
+def _write_manifest(out: Path, n_parts: int, k: int) -> None:
+    """``manifest.json`` over the shards present so far: rows, checksums, and whether the job is complete."""
+    import json
+
+    from recsys.io_utils import atomic_write_text
+
+    shards = []
+    for p in range(n_parts):
+        side = out / f"part-{p:05d}.json"
+        if side.exists():
+            shards.append(json.loads(side.read_text()))
+    manifest = {"k": k, "n_shards": n_parts, "complete": len(shards) == n_parts,
+                "rows": sum(s["rows"] for s in shards), "shards": shards}
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def _arrow_type(vocab):

@@ -162,6 +162,8 @@ def _save_model(model, data, run_dir: Path) -> None:
     from recsys.recommender import embedding_tables
 
     payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    scorer = getattr(model, "scorer", None)
+    payload["scorer"] = json.dumps(scorer.describe() if scorer is not None else {"metric": "inner_product"})
     if hasattr(model, "tables") and model.tables() is not None:
         q, i = model.tables()
         payload["tables"] = {"queries": q.contiguous(), "items": i.contiguous()}
@@ -217,6 +219,20 @@ def cmd_score(argv: list[str]) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------------- export
+def cmd_export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="recsys export",
+                                description="Write user and item embeddings (Parquet, external IDs) for ANN serving.")
+    p.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
+    p.add_argument("--out", required=True, help="Output directory.")
+    a = p.parse_args(argv)
+    from recsys.scoring.export import export_run
+
+    info = export_run(a.run_dir, a.out)
+    print(f"[recsys] exported {info['n_users']} users and {info['n_items']} items (dim {info['dim']}) to {a.out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------- data
 def cmd_data(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="recsys data", description="Load a dataset and print what it contains.")
@@ -235,7 +251,7 @@ def cmd_data(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "score": cmd_score, "data": cmd_data}
+COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "score": cmd_score, "export": cmd_export, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,3 +72,20 @@ def test_sigkill_then_rerun_is_byte_identical(mf_run, tmp_path):
     score_run(mf_run, out, k=10, shard_users=10)
     assert _read_all(out) == _read_all(ref)
     assert not list(out.glob(".*.tmp"))
+
+
+def test_export_reproduces_scores(mf_run, tmp_path):
+    import numpy as np
+
+    from recsys.cli import main
+
+    assert main(["export", "--run-dir", str(mf_run), "--out", str(tmp_path / "exp")]) == 0
+    users = pq.read_table(tmp_path / "exp" / "users.parquet").to_pandas()
+    items = pq.read_table(tmp_path / "exp" / "items.parquet").to_pandas()
+    assert json.loads((tmp_path / "exp" / "scorer.json").read_text())["metric"] == "inner_product"
+    u, i = np.stack(users["embedding"].to_numpy()), np.stack(items["embedding"].to_numpy())
+    score_run(mf_run, tmp_path / "top.parquet", k=3, keep_seen=True)
+    top = pq.read_table(tmp_path / "top.parquet").to_pandas()
+    first = top[top["rank"] == 1].iloc[0]
+    uid = int(np.flatnonzero(users["id"].to_numpy() == first["user"])[0])
+    assert items["id"].to_numpy()[int(np.argmax(u[uid] @ i.T))] == first["item"]

@@ -82,12 +82,16 @@ def cmd_fit(argv: list[str]) -> int:
     from recsys.io_utils import atomic_write_text
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    atomic_write_text(run_dir / "config.yaml", parser.dump(cfg, skip_none=False))
+    # Under DDP Lightning re-runs this command once per extra rank; only rank 0 writes the run directory.
+    rank0 = _launch_rank() == 0
+    if rank0:
+        atomic_write_text(run_dir / "config.yaml", parser.dump(cfg, skip_none=False))
     init = parser.instantiate(cfg)
     dm, model = init.data, init.model
     data = dm.prepare()
-    data.save(run_dir / "data")
-    print(f"[recsys] {data.summary()}", flush=True)
+    if rank0:
+        data.save(run_dir / "data")
+        print(f"[recsys] {data.summary()}", flush=True)
 
     t0 = time.perf_counter()
     from recsys.baselines.base import Baseline
@@ -98,6 +102,8 @@ def cmd_fit(argv: list[str]) -> int:
         epochs = None
     else:
         epochs = _fit_lightning(init, cfg, model, dm, run_dir)
+        if not rank0:
+            return 0
     fit_s = time.perf_counter() - t0
     _save_model(model, data, run_dir)
 
@@ -115,6 +121,12 @@ def cmd_fit(argv: list[str]) -> int:
     print(f"[recsys] fit {fit_s:.1f} s, test evaluation {eval_s:.2f} s; run directory {run_dir}")
     print("test metrics:\n" + format_metrics(test), flush=True)
     return 0
+
+
+def _launch_rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
 def _peak_rss_mib() -> float:
@@ -147,6 +159,15 @@ def _fit_lightning(init, cfg, model, dm, run_dir: Path) -> int:
     targs.setdefault("default_root_dir", str(run_dir))
     trainer = L.Trainer(**targs)
     trainer.fit(model, datamodule=dm)
+    if trainer.world_size > 1:
+        import torch.distributed as dist
+
+        # The checkpoint path is known on rank 0 only; the other ranks are done once training ends.
+        if dist.is_initialized():
+            dist.barrier()
+        if trainer.global_rank != 0:
+            return trainer.current_epoch
+        dist.destroy_process_group()
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict(state)

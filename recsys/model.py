@@ -177,16 +177,21 @@ class RecModel(L.LightningModule):
 
     def _end_eval(self, split: str) -> None:
         self.encoder.clear_cache()
-        if not self._outputs:
-            return
-        users = torch.cat([u for u, _ in self._outputs])
-        ranked = torch.cat([r for _, r in self._outputs])
+        k = max(self.eval_ks)
+        users = torch.cat([u for u, _ in self._outputs]) if self._outputs else torch.zeros(0, dtype=torch.long)
+        ranked = torch.cat([r for _, r in self._outputs]) if self._outputs else torch.zeros(0, k, dtype=torch.long)
         self._outputs = []
         if self.trainer.world_size > 1:
-            # Each rank ranked a share of the users (a sampler may pad with repeats): gather, then de-duplicate
-            # so every user counts exactly once.
-            users = self.all_gather(users).reshape(-1)
-            ranked = self.all_gather(ranked).reshape(-1, ranked.shape[-1])
+            # Each rank ranked a share of the users, chunks of unequal size, and the distributed sampler may pad
+            # with repeats: gather as objects, then de-duplicate so every user counts exactly once.
+            import torch.distributed as dist
+
+            parts: list = [None] * self.trainer.world_size
+            dist.all_gather_object(parts, (users.cpu(), ranked.cpu()))
+            users = torch.cat([u for u, _ in parts])
+            ranked = torch.cat([r for _, r in parts])
+        if len(users) == 0:
+            return
         users_np, first = np.unique(users.cpu().numpy(), return_index=True)
         ranked_np = ranked.cpu().numpy()[first]
         metrics = ranking_metrics(ranked_np, self.data.csr(split)[users_np], self.eval_ks)

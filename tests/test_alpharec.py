@@ -10,6 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys.cli import main
+from recsys.data.batch import Batch
 from recsys.data.prepared import PreparedData
 from recsys.data.splits import TEST
 from recsys.encoders import AlphaRec, LinearProbe
@@ -66,6 +67,27 @@ def test_history_mean_matches_dense():
     got = history_mean(train, z)
     want = torch.stack([(z[0] + z[2]) / 2, torch.zeros(2), z.mean(0)])
     torch.testing.assert_close(got, want)
+
+
+def test_normalized_output_with_dot_equals_cosine_scorer(tiny_lm):
+    """normalize_output + DotScorer + SoftmaxLoss(τ) is the CosineScorer(τ) loss, gradients included."""
+    from recsys.scorers import DotScorer
+
+    data = checkerboard()
+    batch = Batch(torch.arange(6), torch.randint(0, data.n_items, (6, 5)))
+    grads, losses = [], []
+    for normalize, scorer, loss_fn in ((False, CosineScorer(0.15), SoftmaxLoss()),
+                                       (True, DotScorer(), SoftmaxLoss(0.15))):
+        torch.manual_seed(0)
+        enc = AlphaRec(dim=8, hidden_dim=16, lm_path=tiny_lm[0], cache_dir=tiny_lm[1], normalize_output=normalize)
+        enc.bind(data)
+        s = scorer(*enc(batch))
+        loss = loss_fn(s[:, 0], s[:, 1:])
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(enc.mapping[0].weight.grad)
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
 
 def test_cold_items_are_embedded_from_text(tiny_lm):

@@ -309,8 +309,8 @@ class NGCFLayer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Glorot-uniform weights, as tf.contrib.layers.xavier_initializer in the official code; the official code
-        # also draws its [1, d] biases that way, the paper form starts them at zero (as nn.Linear-free GCNs do).
+        # Glorot-uniform weights, as tf.contrib.layers.xavier_initializer in the official code, which also draws its
+        # [1, d] biases that way; the paper form starts biases at zero, as RecBole's NGCF does.
         nn.init.xavier_uniform_(self.w_sum)
         nn.init.xavier_uniform_(self.w_bi)
         if self.variant == "official":

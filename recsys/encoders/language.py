@@ -16,6 +16,7 @@ checkpoints hold only the mapping's weights.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -59,6 +60,7 @@ class TextFeatures:
         self.cache_dir, self.lm_batch_size, self.lm_dim, self.reduce = cache_dir, lm_batch_size, lm_dim, reduce
         self.service = None
         self.pca: tuple[Tensor, Tensor] | None = None
+        self.last_text_s = 0.0
 
     def texts(self, table) -> list[str]:
         """The flattened text of every row of ``table``."""
@@ -81,7 +83,13 @@ class TextFeatures:
         Shapes:
             -> [n_items, H]
         """
-        x = torch.from_numpy(self._lm().encode(self.texts(data.item_table)))
+        t0 = time.perf_counter()
+        texts = self.texts(data.item_table)
+        x = torch.from_numpy(self._lm().encode(texts))
+        # Seconds spent on item text (flattening, cache lookup, any encoding): a cached fit should spend < 1 s.
+        self.last_text_s = time.perf_counter() - t0
+        log.info("item text: %d items in %.2f s (%d encoded)", len(texts), self.last_text_s,
+                 self.service.last["encoded"])
         if len(x) != data.n_items:
             raise ValueError(f"item table has {len(x)} rows for {data.n_items} items")
         if self.lm_dim is not None:

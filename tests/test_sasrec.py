@@ -69,6 +69,13 @@ def test_full_softmax_loss_is_cross_entropy_over_the_catalogue():
     logits = enc.encode_queries(batch) @ enc.item_table().T
     want = F.cross_entropy(logits, batch.items[:, 0])
     torch.testing.assert_close(model.loss(pos, neg), want)
+    # All positions (examples: sequences): every real history position predicts its own next item.
+    targets = torch.full_like(hist, -1)
+    targets[:, -3:] = torch.tensor([1, 2, 4])
+    pos, neg = model.scores(Batch(torch.arange(4), targets, hist))
+    per_pos = enc.sequence_output(hist)[:, -3:].reshape(-1, enc.out_dim) @ enc.item_table().T
+    want_seq = F.cross_entropy(per_pos, torch.tensor([1, 2, 4]).repeat(4))
+    torch.testing.assert_close(model.loss(pos, neg), want_seq)
     # In-batch: row b's negatives are the other rows' positives.
     model.negatives = "in_batch"
     pos, neg = model.scores(batch)

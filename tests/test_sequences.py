@@ -6,7 +6,7 @@ import torch
 
 from recsys.data.datamodule import Loader, RecDataModule
 from recsys.data.prepared import PreparedData
-from recsys.data.sequences import PrefixBatches, PrefixExamples
+from recsys.data.sequences import PrefixBatches, PrefixExamples, SequenceBatches
 from recsys.data.splits import TEST, TRAIN, VALID
 from recsys.data.vocab import Vocabulary
 
@@ -99,3 +99,18 @@ def test_datamodule_serves_prefixes():
     dm.loader.examples = "nope"
     with pytest.raises(ValueError, match="examples"):
         dm.train_dataloader()
+
+
+def test_sequence_batches_target_the_next_item_at_every_position():
+    data = _log(4, n_users=30, n_items=40)
+    ds = SequenceBatches(data, Loader(batch_size=64), seed=0, history_len=4)
+    b = ds[0]
+    assert b.items.shape == b.history.shape == (len(b.users), 4)
+    ex = ds.examples
+    for u, h, t in zip(b.users.tolist(), b.history.tolist(), b.items.tolist()):
+        seq = ex.seq[ex.indptr[u]:ex.indptr[u + 1]].tolist()
+        assert [x == -1 for x in h] == [x == -1 for x in t]
+        real = [(x, y) for x, y in zip(h, t) if x >= 0]
+        for x, y in real:  # every target follows its input in the user's sequence
+            assert seq[seq.index(x) + 1] == y
+        assert [y for _, y in real][:-1] == [x for x, _ in real][1:]

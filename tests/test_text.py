@@ -96,6 +96,7 @@ def test_format_value():
     assert format_value(np.float32(2.5)) == "2.5"
     assert format_value(np.int64(7)) == "7"
     assert format_value(float("nan")) == "" and format_value(None) == "" and format_value(pd.NA) == ""
+    assert format_value(np.float32("nan")) == ""
     assert format_value(np.array(["a", "b"])) == "a b"
     assert format_value([["x"], [], "y"]) == "x y"
     assert format_value(" a\t b ") == "a b"

@@ -30,7 +30,9 @@ class Loader:
         examples: what a training example is: ``pairs`` (user, positive, negatives; the history is the user's whole
             training history), ``prefixes`` (every prefix of each user's chronological training sequence predicts
             its next item: sequential models, see :mod:`recsys.data.sequences`) or ``user_prefixes`` (one random
-            prefix per user per epoch, as Recformer's fine-tuning).
+            prefix per user per epoch, as Recformer's fine-tuning) or ``sequences`` (one window per user per epoch
+            with the next item of every position as a target, SASRec's original training; needs
+            ``RecModel(negatives="full")`` and an encoder with ``encode_query_positions``).
     """
 
     batch_size: int = 2048
@@ -142,8 +144,12 @@ class RecDataModule(L.LightningDataModule):
 
             self.train_set = PrefixBatches(self.prepare(), self.loader, self.seed, self.history_len,
                                            per_user=self.loader.examples == "user_prefixes")
+        elif self.loader.examples == "sequences":
+            from recsys.data.sequences import SequenceBatches
+
+            self.train_set = SequenceBatches(self.prepare(), self.loader, self.seed, self.history_len)
         else:
-            raise ValueError(f"loader.examples must be 'pairs', 'prefixes' or 'user_prefixes', "
+            raise ValueError(f"loader.examples must be 'pairs', 'prefixes', 'user_prefixes' or 'sequences', "
                              f"not {self.loader.examples!r}")
         return DataLoader(self.train_set, batch_size=None, shuffle=False, collate_fn=_identity)
 

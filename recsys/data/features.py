@@ -59,7 +59,8 @@ class FeatureSpec:
         boundaries: numeric features: explicit bucket edges, used instead of quantiles.
         max_values: multi-valued features: keep the first ``max_values`` values of each row (0 keeps all).
         sep: multi-valued features stored as delimited strings: the delimiter (lists and arrays need none).
-        num_chunks: how many lookups (each one table row wide) the feature gets in a unified embedding.
+        num_chunks: how many lookups (each one table row wide) the feature gets in a unified embedding; None
+            takes the encoder's ``num_chunks``.
     """
 
     name: str
@@ -69,12 +70,12 @@ class FeatureSpec:
     boundaries: list[float] | None = None
     max_values: int = 0
     sep: str | None = None
-    num_chunks: int = 1
+    num_chunks: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"feature {self.name!r}: kind must be one of {KINDS}, not {self.kind!r}")
-        if self.num_chunks < 1:
+        if self.num_chunks is not None and self.num_chunks < 1:
             raise ValueError(f"feature {self.name!r}: num_chunks must be >= 1, got {self.num_chunks}")
         if self.kind == "numeric" and self.boundaries is None and self.buckets < 1:
             raise ValueError(f"feature {self.name!r}: buckets must be >= 1, got {self.buckets}")

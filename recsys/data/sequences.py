@@ -21,7 +21,7 @@ from recsys.data.batch import Batch
 from recsys.data.sampling import NegativeSampler
 from recsys.data.splits import TRAIN
 
-__all__ = ["PrefixExamples", "PrefixBatches"]
+__all__ = ["PrefixExamples", "PrefixBatches", "SequenceBatches"]
 
 
 class PrefixExamples:
@@ -62,8 +62,20 @@ class PrefixExamples:
             idx: [B] -> [B, max_len] int64
         """
         idx = np.asarray(idx)
-        ends, starts = self.ends[idx], self.starts[idx]
-        out = np.full((len(idx), max_len), -1, dtype=np.int64)
+        return self._window(self.ends[idx], self.starts[idx], max_len)
+
+    def next_items(self, idx: np.ndarray, max_len: int) -> np.ndarray:
+        """The item following each position of :meth:`histories` (its last column is the example's target).
+
+        Shapes:
+            idx: [B] -> [B, max_len] int64, -1 where the history is padding
+        """
+        idx = np.asarray(idx)
+        return self._window(self.ends[idx] + 1, self.starts[idx] + 1, max_len)
+
+    def _window(self, ends: np.ndarray, starts: np.ndarray, max_len: int) -> np.ndarray:
+        """``seq[max(start, end - max_len):end]`` per row, right-aligned, left-padded with -1."""
+        out = np.full((len(ends), max_len), -1, dtype=np.int64)
         lens = np.minimum(ends - starts, max_len)
         cols = np.arange(max_len)
         valid = cols[None, :] >= (max_len - lens)[:, None]
@@ -137,3 +149,48 @@ class PrefixBatches(Dataset):
             items = np.concatenate([items, self.sampler.sample(users, self.loader.num_negatives, rng)], axis=1)
         hist = self.examples.histories(idx, self.history_len)
         return Batch(torch.from_numpy(users), torch.from_numpy(items), torch.from_numpy(hist))
+
+
+class SequenceBatches(Dataset):
+    """One window of each user's training sequence per epoch, with the next item of every position as its target.
+
+    The original SASRec training (Kang & McAuley, 2018): a causal model predicts every position of a window in one
+    forward pass, so a sequence of L items gives L training signals for the cost of one query. The window of a user
+    ends at a target drawn uniformly from their prefixes each epoch (a random crop; the original code always takes
+    the last ``L`` items), so long sequences are covered over the epochs.
+
+    Args:
+        data: ``PreparedData``.
+        loader: ``Loader`` (batch size; negatives are not sampled: train with ``RecModel(negatives="full")``).
+        seed: base seed.
+        history_len: the window length L (> 0).
+
+    Shapes:
+        item: Batch(users [B], items [B, L] next-item targets (-1 on padding), history [B, L])
+    """
+
+    def __init__(self, data, loader, seed: int, history_len: int) -> None:
+        if history_len <= 0:
+            raise ValueError("sequence examples need a history length > 0 (the encoder's history_len or "
+                             "data.loader.history_len)")
+        self.examples = PrefixExamples(data)
+        if len(self.examples) == 0:
+            raise ValueError("no sequence examples: every user has fewer than two training interactions")
+        self.loader, self.seed, self.history_len = loader, seed, history_len
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        rng = np.random.default_rng([self.seed, epoch])
+        idx = self.examples.per_user_sample(rng)
+        self.order = idx[rng.permutation(len(idx))]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.loader.batch_size)
+
+    def __getitem__(self, b: int) -> Batch:
+        bs = self.loader.batch_size
+        idx = self.order[b * bs:(b + 1) * bs]
+        hist = self.examples.histories(idx, self.history_len)
+        targets = self.examples.next_items(idx, self.history_len)
+        return Batch(torch.from_numpy(self.examples.users[idx]), torch.from_numpy(targets), torch.from_numpy(hist))

@@ -253,6 +253,7 @@ class LinearProbe(RecEncoder):
         init_std: std of the user ID table's normal initialisation.
         lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute, max_words, cache_dir,
             lm_batch_size, lm_dim, reduce: see :class:`TextFeatures`.
+        normalize_output: L2-normalise the outputs (see :class:`AlphaRec`).
 
     Shapes:
         batch.users: [B]; batch.items: [B, C] -> (query [B, dim], items [B, C, dim])
@@ -262,11 +263,11 @@ class LinearProbe(RecEncoder):
                  pooling: str = "mean", normalize: bool = True, max_length: int = 128,
                  attributes: list[str] | None = None, max_words_per_attribute: int | None = 32,
                  max_words: int | None = 128, cache_dir: str | None = None, lm_batch_size: int = 64,
-                 lm_dim: int | None = None, reduce: str = "pca") -> None:
+                 lm_dim: int | None = None, reduce: str = "pca", normalize_output: bool = False) -> None:
         super().__init__()
         if user not in ("history", "id"):
             raise ValueError(f"user must be 'history' or 'id', not {user!r}")
-        self.out_dim, self.user, self.init_std = dim, user, init_std
+        self.out_dim, self.user, self.init_std, self.normalize_output = dim, user, init_std, normalize_output
         self.text = TextFeatures(lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute,
                                  max_words, cache_dir, lm_batch_size, lm_dim, reduce)
         self.mapping: nn.Linear | None = None
@@ -289,13 +290,21 @@ class LinearProbe(RecEncoder):
     def n_items(self) -> int:
         return self._n_items
 
+    def _out(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) if self.normalize_output else x
+
     def encode_queries(self, batch) -> Tensor:
         if self.user == "id":
-            return self.user_table(batch.users)
-        return self.mapping(self.lm_users[batch.users])
+            return self._out(self.user_table(batch.users))
+        return self._out(self.mapping(self.lm_users[batch.users]))
 
     def encode_items(self, items: Tensor) -> Tensor:
-        return self.mapping(self.lm_items[items])
+        if items.numel() >= self._n_items:
+            # Training batches (B × (1 + negatives) rows) outnumber the catalogue: map it once, then gather,
+            # rather than gathering [B, C, H] LM vectors and mapping each.
+            table = self._out(self.mapping(self.lm_items))
+            return table.index_select(0, items.reshape(-1)).view(*items.shape, -1)
+        return self._out(self.mapping(self.lm_items[items]))
 
     @torch.no_grad()
     def embed_new_items(self, texts: Sequence[str]) -> Tensor:
@@ -304,4 +313,4 @@ class LinearProbe(RecEncoder):
         Shapes:
             texts: N strings -> [N, dim]
         """
-        return self.mapping(self.text.embed(texts).to(self.lm_items.device))
+        return self._out(self.mapping(self.text.embed(texts).to(self.lm_items.device)))

@@ -247,6 +247,9 @@ class Recformer(RecEncoder):
         tokenizer: tokenizer directory or package (None = ``model``'s, else all-MiniLM-L6-v2's).
         encode_batch_size: items or queries per no-grad forward pass.
         cache_dir: where tokenised catalogues are also cached on disk (None = in memory only).
+        freeze_word_embeddings: keep the word embeddings fixed (the official fine-tuning's
+            ``--fix_word_embedding``): words seen only in cold items keep their pre-trained meaning, and steps skip
+            the largest gradient (vocabulary × width).
 
     Shapes:
         batch.history: [B, L] -> query [B, H]; items [...] -> [..., H]
@@ -255,11 +258,14 @@ class Recformer(RecEncoder):
     def __init__(self, model: str | None = None, backbone: Backbone | None = None, tokens: TokenOptions | None = None,
                  item_table: str = "trainable", mlm_probability: float = 0.15, mlm_weight: float = 0.0,
                  init_from: str | None = None, tokenizer: str | None = None, encode_batch_size: int = 128,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, freeze_word_embeddings: bool = False) -> None:
         super().__init__()
         if item_table not in _TABLE_MODES:
             raise ValueError(f"item_table must be one of {_TABLE_MODES}, not {item_table!r}")
         self.model_path, self.init_from, self.cache_dir = model, init_from, cache_dir
+        # Run directories rebuild encoders from plain YAML (recsys.runs.instantiate): dataclasses arrive as dicts.
+        backbone = Backbone(**backbone) if isinstance(backbone, dict) else backbone
+        tokens = TokenOptions(**tokens) if isinstance(tokens, dict) else tokens
         self.options = tokens or TokenOptions()
         self.table_mode, self.mlm_probability, self.mlm_weight = item_table, mlm_probability, mlm_weight
         self.encode_batch_size = encode_batch_size
@@ -277,6 +283,7 @@ class Recformer(RecEncoder):
                                             self.options)
         self.backbone, self.mlm_head = self._build(model_dir, backbone or Backbone())
         self.out_dim = self.backbone.config.hidden_size
+        self.backbone.embeddings.word_embeddings.weight.requires_grad_(not freeze_word_embeddings)
 
     # ------------------------------------------------------------------------------------------ construction
     def _build(self, model_dir: Path | None, b: Backbone) -> tuple[RecformerBackbone, MLMHead]:

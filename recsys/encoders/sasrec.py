@@ -3,9 +3,12 @@
 Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018. This follows RecBole's SASRec (the peer
 baseline of protocol P2): item + learnt position embeddings → LayerNorm → dropout, post-LayerNorm Transformer blocks
 with causal attention, GELU feed-forward, item embeddings shared between input and output, trained with softmax
-cross-entropy over the whole catalogue (``RecModel(negatives="full")`` + ``SoftmaxLoss``) on every prefix of the
-training sequences (``data.loader.examples: prefixes``). The original paper's BCE with one sampled negative per
-position is ``negatives="sampled"`` + ``BCELoss``.
+cross-entropy over the whole catalogue (``RecModel(negatives="full")`` + ``SoftmaxLoss``). Two ways to feed it:
+
+* ``data.loader.examples: sequences`` (default config): the original all-positions training, one window per user
+  per epoch and a target at every position, so one forward pass gives up to ``max_len`` training signals;
+* ``data.loader.examples: prefixes``: every prefix as its own example, RecBole's recipe (about ``max_len`` times
+  the compute per epoch for the same signals).
 """
 
 from __future__ import annotations
@@ -134,6 +137,14 @@ class SASRec(RecEncoder):
         if batch.history is None:
             raise ValueError("SASRec reads histories: the batch has none (history_len must be > 0)")
         return self.sequence_output(batch.history)[:, -1]
+
+    def encode_query_positions(self, batch: Batch) -> Tensor:
+        """Queries at every history position (position t sees items ≤ t): all-positions training.
+
+        Shapes:
+            batch.history: [B, L] -> [B, L, dim]
+        """
+        return self.sequence_output(batch.history)
 
     def encode_items(self, items: Tensor) -> Tensor:
         return self.items(items)

@@ -23,6 +23,7 @@ outputs are concatenated or summed and projected to ``out_dim``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class FeatureEmbedding(Encoder):
         features: :class:`~recsys.data.features.FeatureSpec` list (or dicts); None uses
             :func:`~recsys.data.features.default_features` with ``num_chunks`` chunks each.
         dim_per_table: d, the width of one chunk.
-        num_chunks: chunks per feature for the default features.
+        num_chunks: chunks per feature, for default features and specs that leave ``num_chunks`` unset.
         budget: embedding parameters for this side (overrides the layout's size argument).
         compression: budget as a fraction of the collision-free size (used when ``budget`` is None).
         pooling: ``mean`` or ``sum`` over a multi-valued feature's values.
@@ -105,6 +106,7 @@ class FeatureEmbedding(Encoder):
             specs = self.specs
             if specs is None:
                 specs = default_features(data, side, num_chunks=self.num_chunks)
+            specs = [s if s.num_chunks else replace(s, num_chunks=self.num_chunks) for s in specs]
             self.features = encode_features(data, side, specs)
             self._encoded_for = (id(data), side)
         return self.features
@@ -124,6 +126,8 @@ class FeatureEmbedding(Encoder):
 
     def bind(self, data, side: str) -> None:
         feats = self.encode(data, side)
+        if not feats:
+            raise ValueError(f"the {side} side has no features to embed")
         tables, probes = self.layout(feats)
         self.tables = nn.ModuleList()
         for rows, width in tables:
@@ -372,7 +376,7 @@ class FeatureTwoTower(TwoTower):
         item_features: item-side specs (None: defaults).
         out_dim: embedding size of both towers.
         dim_per_table: d, the width of one chunk.
-        num_chunks: chunks per default feature.
+        num_chunks: chunks per feature (default features and specs without ``num_chunks``).
         num_tables: shared tables per tower (unified layout).
         buckets_per_table: rows per shared table when no budget is given (unified layout).
         buckets: rows of the single table when no budget is given (single_hash layout).

@@ -16,9 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-
-_NA, _NAT = pd.NA, pd.NaT
 
 __all__ = ["FlatText", "DEFAULT_EXCLUDE", "format_value", "item_attributes", "flatten_pairs", "flatten_table",
            "item_texts"]
@@ -43,10 +40,17 @@ class FlatText:
     spans: tuple[tuple[int, int, int, int], ...]
 
 
+# pandas' missing-value singletons, recognised by type name: importing pandas here would make ``import recsys.text``
+# cost seconds, and tables reach these functions already built.
+_PANDAS_MISSING = ("NAType", "NaTType")
+
+
 def _is_missing(v) -> bool:
-    if v is None or v is _NA or v is _NAT:
+    if v is None:
         return True
-    return isinstance(v, float) and math.isnan(v)
+    if isinstance(v, (float, np.floating)):
+        return math.isnan(v)
+    return type(v).__name__ in _PANDAS_MISSING
 
 
 def format_value(v) -> str:

@@ -62,7 +62,11 @@ def run_recbole(model: str, protocol: str = "p1") -> dict:
     if not script.exists():
         return {"config": f"recbole:{model}", "error": "peer script not found"}
     t = time.perf_counter()
-    proc = subprocess.run([str(script), model, "--protocol", protocol], capture_output=True, text=True)
+    import tempfile
+
+    # RecBole writes log/ and log_tensorboard/ into its working directory: keep them out of the repository.
+    proc = subprocess.run([str(script), model, "--protocol", protocol], capture_output=True, text=True,
+                          cwd=tempfile.mkdtemp(prefix="recbole-"))
     wall = time.perf_counter() - t
     out = proc.stdout + proc.stderr
     epochs = [float(x) for x in re.findall(r"training \[time: ([\d.]+)s", out)]

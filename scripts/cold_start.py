@@ -8,6 +8,9 @@ Protocol:
    they are never seen, not even as sampled negatives. Then a fresh encoder is bound to the *full* catalogue (cold
    items have side-table text and no train interaction) and given the trained weights: cold items are embedded
    from their text alone (zero-shot).
+   AlphaRec's edgeless items keep only their mapped text vector (``cold_neighbors=0``, the paper's propagation);
+   ``cold_neighbors=k`` also evaluates the same weights with the graph part borrowed from the k warm items
+   nearest in LM space (see ``recsys.encoders.AlphaRec``).
 3. MF-BPR trains on the full catalogue (an ID model must know its rows): cold rows never get a positive, only
    sampled-negative updates, so it cannot rank them.
 4. For every user with a held-out cold interaction, all items except the user's warm train and valid items are
@@ -18,7 +21,7 @@ Protocol:
 Example (P1)::
 
     python scripts/cold_start.py --dataset ml-latest-small --path /work/shared/datasets/ml-latest-small \\
-        --models alpharec_mlp alpharec linear_probe mf_bpr --out cold_start.json
+        --models alpharec_mlp linear_probe mf_bpr --fast-cosine --out cold_start.json
 """
 
 from __future__ import annotations
@@ -123,7 +126,8 @@ def _resolve(class_path: str):
     return getattr(importlib.import_module(module), name)
 
 
-def train(model_spec, data, loader, trainer_args: dict, patience: int, seed: int, workdir: Path):
+def train(model_spec, data, loader, trainer_args: dict, patience: int, seed: int, workdir: Path,
+          reuse: bool = False):
     """Fit a RecModel on ``data`` with early stopping on valid ndcg@20; returns the model with its best weights."""
     import lightning as L
     import torch
@@ -132,6 +136,7 @@ def train(model_spec, data, loader, trainer_args: dict, patience: int, seed: int
     from recsys.runs import instantiate
 
     L.seed_everything(seed, workers=True, verbose=False)
+    best = workdir / "best.ckpt"
     args = dict(model_spec["init_args"])
     opt = args.pop("optimizer", None)
     model_cls = _resolve(model_spec["class_path"])
@@ -139,6 +144,11 @@ def train(model_spec, data, loader, trainer_args: dict, patience: int, seed: int
     if opt is not None:  # an optimizer factory ``params -> Optimizer``, as jsonargparse builds for ``recsys fit``
         kwargs["optimizer"] = functools.partial(_resolve(opt["class_path"]), **(opt.get("init_args") or {}))
     model = model_cls(**kwargs)
+    if reuse and best.exists():  # re-evaluate a finished run (e.g. other cold-item options) without training
+        model.bind(data)
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+        return model.eval(), None
+    best.unlink(missing_ok=True)
     dm = FixedData.make(data, loader, seed)
     ckpt = ModelCheckpoint(dirpath=workdir, filename="best", monitor="valid/ndcg@20", mode="max", save_top_k=1,
                            save_weights_only=True, enable_version_counter=False)
@@ -152,12 +162,18 @@ def train(model_spec, data, loader, trainer_args: dict, patience: int, seed: int
     return model, t.current_epoch
 
 
-def rebind(model_spec, trained, full):
-    """A fresh encoder bound to the full catalogue carrying the trained weights (no catalogue-sized parameters)."""
+def rebind(model_spec, trained, full, encoder_args: dict | None = None):
+    """A fresh encoder bound to the full catalogue carrying the trained weights (no catalogue-sized parameters).
+
+    ``encoder_args`` change inference-only options (e.g. AlphaRec's ``cold_neighbors``).
+    """
+    import copy
+
     from recsys.runs import LoadedModel, instantiate
 
-    args = model_spec["init_args"]
-    enc = instantiate(args["encoder"])
+    spec = copy.deepcopy(model_spec["init_args"]["encoder"])
+    spec.setdefault("init_args", {}).update(encoder_args or {})
+    enc = instantiate(spec)
     enc.bind(full)
     enc.load_state_dict(trained.encoder.state_dict(), strict=True)
     return LoadedModel(enc, trained.scorer).eval()
@@ -203,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--encoder-args", default=None, help="JSON of extra init_args for the text models' encoders")
     p.add_argument("--fast-cosine", action="store_true",
                    help="train cosine models as normalize_output + DotScorer + SoftmaxLoss(τ): the same loss, cheaper")
+    p.add_argument("--cold-neighbors", type=int, nargs="+", default=[0, 10],
+                   help="AlphaRec cold_neighbors values to evaluate (the same trained weights; 0 = the paper)")
+    p.add_argument("--reuse", action="store_true", help="load WORKDIR/<model>/best.ckpt instead of training")
     p.add_argument("--workdir", default="runs/cold_start")
     p.add_argument("--out", default=None, help="JSON file for the results")
     a = p.parse_args(argv)
@@ -246,21 +265,26 @@ def main(argv: list[str] | None = None) -> int:
         spec, loader, targs, patience = build(config, over)
         t0 = time.perf_counter()
         trained, epochs = train(spec, warm if text_model else full, loader, targs, patience, a.seed,
-                                Path(a.workdir) / name)
+                                Path(a.workdir) / name, a.reuse)
         fit_s = time.perf_counter() - t0
-        model = rebind(spec, trained, full) if text_model else trained
-        res = {"cold": rank_metrics(model, full, users_cold, rel_cold),
-               "warm": rank_metrics(model, full, users_warm, rel_warm),
-               "fit_s": round(fit_s, 1), "epochs": epochs,
-               "trained_on": "warm catalogue, re-bound to full" if text_model else "full catalogue"}
-        results["models"][name] = res
-        print(f"[cold_start] {name}: cold recall@20 {res['cold']['recall@20']:.4f} ndcg@20 "
-              f"{res['cold']['ndcg@20']:.4f}; warm recall@20 {res['warm']['recall@20']:.4f} ndcg@20 "
-              f"{res['warm']['ndcg@20']:.4f} ({fit_s:.0f} s, {epochs} epochs)", flush=True)
+        variants = {name: {}}
+        if text_model and spec["init_args"]["encoder"]["class_path"].endswith("AlphaRec"):
+            variants = {name if k == 0 else f"{name}+knn{k}": {"cold_neighbors": k} for k in a.cold_neighbors}
+        for label, enc_args in variants.items():
+            model = rebind(spec, trained, full, enc_args) if text_model else trained
+            res = {"cold": rank_metrics(model, full, users_cold, rel_cold),
+                   "warm": rank_metrics(model, full, users_warm, rel_warm),
+                   "fit_s": round(fit_s, 1) if epochs is not None else None, "epochs": epochs,
+                   "trained_on": "warm catalogue, re-bound to full" if text_model else "full catalogue",
+                   "encoder_args": enc_args}
+            results["models"][label] = res
+            print(f"[cold_start] {label}: cold recall@20 {res['cold']['recall@20']:.4f} ndcg@20 "
+                  f"{res['cold']['ndcg@20']:.4f}; warm recall@20 {res['warm']['recall@20']:.4f} ndcg@20 "
+                  f"{res['warm']['ndcg@20']:.4f} (fit {fit_s:.0f} s, {epochs} epochs)", flush=True)
 
-    print("\nmodel           cold R@20  cold N@20  warm R@20  warm N@20")
+    print("\nmodel                  cold R@20  cold N@20  warm R@20  warm N@20")
     for name, r in results["models"].items():
-        print(f"{name:<15} {r['cold']['recall@20']:>9.4f}  {r['cold']['ndcg@20']:>9.4f}  "
+        print(f"{name:<22} {r['cold']['recall@20']:>9.4f}  {r['cold']['ndcg@20']:>9.4f}  "
               f"{r['warm']['recall@20']:>9.4f}  {r['warm']['ndcg@20']:>9.4f}")
     if a.out:
         Path(a.out).write_text(json.dumps(results, indent=2) + "\n")

@@ -11,6 +11,9 @@ ndcg@20), on
 * ``synthetic``: the built-in generator; items: ID, concepts, category, brand, year / price / popularity buckets;
   users: ID, age group, country, device, activity bucket.
 
+Per-feature tables split a budget in one of two ways: ``per_feature`` by water-filling (small vocabularies kept
+whole, the rest hashed into equal shares) and ``per_feature_proportional`` (every feature compressed alike).
+
 A budget is a compression factor: embedding parameters = factor × the size of collision-free per-feature tables
 (both towers compressed alike), so the three layouts of one budget have equal table parameters up to rounding (the
 actual counts are reported; the output projection is the same for all layouts and reported separately).
@@ -38,8 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ML_SMALL = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 CONFIG = ROOT / "configs" / "unified_two_tower.yaml"
-LAYOUTS = ("unified", "per_feature", "single_hash")
-LABELS = {"unified": "Unified Embedding", "per_feature": "per-feature tables", "single_hash": "single hashed table"}
+LAYOUTS = ("unified", "per_feature", "per_feature_proportional", "single_hash")
+LABELS = {"unified": "Unified Embedding", "per_feature": "per-feature tables (water-filling)",
+          "per_feature_proportional": "per-feature tables (proportional)", "single_hash": "single hashed table"}
 
 P1_ITEMS = [{"name": "item_id", "column": "@id", "kind": "categorical"},
             {"name": "genres", "kind": "multi"},
@@ -70,12 +74,16 @@ def run_one(run_dir: Path, dataset: str, layout: str, compression: float, a) -> 
 
     enc = "--model.init_args.encoder.init_args."
     argv = ["fit", "--config", str(CONFIG), "--run-dir", str(run_dir), "--seed", str(a.seed),
-            *dataset_args(dataset), enc + "layout", layout, enc + "compression", str(compression),
+            *dataset_args(dataset), enc + "compression", str(compression),
             enc + "dim_per_table", str(a.dim_per_table), enc + "num_chunks", str(a.num_chunks),
             enc + "num_tables", str(a.num_tables), enc + "out_dim", str(a.out_dim),
             "--data.loader.num_negatives", str(a.num_negatives), "--trainer.max_epochs", str(a.max_epochs),
             "--early_stopping.patience", str(a.patience), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--trainer.logger", "true"]
+    if layout == "per_feature_proportional":
+        argv += [enc + "layout", "per_feature", enc + "allocation", "proportional"]
+    else:
+        argv += [enc + "layout", layout]
     if a.lr is not None:
         argv += ["--model.init_args.optimizer.init_args.lr", str(a.lr)]
     t = time.perf_counter()
@@ -125,12 +133,13 @@ def write_report(rows: list[dict], out: Path) -> None:
             lines.append(f"| {r['compression']:g} | {r['layout']} | {r['embedding_params']:,} | {r['total_params']:,} "
                          f"| {r['valid_ndcg@20']:.4f} | {r['test_ndcg@20']:.4f} | {r['test_recall@20']:.4f} | "
                          f"{r['epochs']} | {r['item_id_collided']:.3f} | {r['item_id_identical']:.3f} |")
-        lines += ["", "Unified Embedding minus per-feature tables (test ndcg@20) at equal budgets:", ""]
+        lines += ["", "Unified Embedding minus the other layouts (test ndcg@20) at equal budgets:", ""]
         for c in sorted({r["compression"] for r in rows if r["dataset"] == ds}):
             by = {r["layout"]: r for r in rows if r["dataset"] == ds and r["compression"] == c}
-            if "unified" in by and "per_feature" in by:
-                diff = by["unified"]["test_ndcg@20"] - by["per_feature"]["test_ndcg@20"]
-                lines.append(f"- compression {c:g}: {diff:+.4f}")
+            if "unified" in by:
+                diffs = [f"{other} {by['unified']['test_ndcg@20'] - by[other]['test_ndcg@20']:+.4f}"
+                         for other in LAYOUTS[1:] if other in by]
+                lines.append(f"- compression {c:g}: " + ", ".join(diffs))
         lines += ["", "Per-feature collision rates (share of distinct values sharing a bucket with another value):",
                   ""]
         for r in sorted((r for r in rows if r["dataset"] == ds), key=lambda r: (r["compression"], r["layout"])):

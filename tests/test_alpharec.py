@@ -90,8 +90,11 @@ def test_normalized_output_with_dot_equals_cosine_scorer(tiny_lm):
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
 
-def test_cold_items_are_embedded_from_text(tiny_lm):
+@pytest.mark.parametrize("normalize_output,cold_neighbors", [(False, 0), (True, 0), (False, 3)])
+def test_cold_items_are_embedded_from_text(tiny_lm, normalize_output, cold_neighbors):
     """Items with side-table text but no training interaction get their mapped text embedding (zero-shot)."""
+    from recsys.text import item_texts
+
     base = checkerboard()
     cold = np.arange(base.n_items - 4, base.n_items)
     labels = np.where(np.isin(base.items, cold), TEST, base.labels).astype(np.int8)
@@ -99,19 +102,23 @@ def test_cold_items_are_embedded_from_text(tiny_lm):
                         item_table=base.item_table, name="cold")
     assert data.train[:, cold].nnz == 0
     torch.manual_seed(0)
-    enc = AlphaRec(dim=8, hidden_dim=16, lm_path=tiny_lm[0], cache_dir=tiny_lm[1])
+    enc = AlphaRec(dim=8, hidden_dim=16, lm_path=tiny_lm[0], cache_dir=tiny_lm[1], normalize_output=normalize_output,
+                   cold_neighbors=cold_neighbors)
     enc.bind(data)
+    assert (enc.cold_rows is not None) == (cold_neighbors > 0)
     enc.eval()
     enc.precompute()
     table = enc.item_table()
     enc.clear_cache()
     assert torch.isfinite(table).all() and (table[cold].norm(dim=1) > 0).all()
-    from recsys.text import item_texts
-
+    # embed_new_items reproduces a cold catalogue item from its text, and embeds texts outside the catalogue.
     texts = [item_texts(data.item_table)[i] for i in cold]
     torch.testing.assert_close(enc.embed_new_items(texts), table[cold], atol=1e-5, rtol=1e-5)
-    # A brand-new item of group 0 is closer to group-0 items than a group-1 one is (text carries the group).
     assert enc.embed_new_items(["title: group0 item 99 genres: group0"]).shape == (1, 8)
+    if cold_neighbors:
+        # Borrowing the neighbours' graph part moves cold items off their bare text embedding.
+        own = enc.propagation.alpha[0] * enc.mapping(enc.lm_nodes[enc.cold_rows])
+        assert not torch.allclose(table[cold], own.detach())
 
 
 def test_fit_cli_and_cache(tiny_lm, tmp_path):

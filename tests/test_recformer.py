@@ -255,3 +255,17 @@ def test_pretrain_then_two_finetuning_stages_through_fit(tmp_path):
     assert main(["evaluate", "--run-dir", str(s2)]) == 0
     got = json.loads((s2 / "eval_test.json").read_text())
     assert got["ndcg@10"] == pytest.approx(json.loads((s2 / "metrics.json").read_text())["ndcg@10"], abs=1e-6)
+
+
+def test_mean_pooling_ignores_padding():
+    enc, data = _tiny(pooling="mean")
+    enc.eval()
+    with torch.no_grad():
+        both = enc.encode_item_text(torch.tensor([0, 1]))
+        alone = enc.encode_item_text(torch.tensor([1]))
+        inp = enc.item_inputs(torch.tensor([1]))
+        want = enc.backbone(inp)[0].mean(0)
+    torch.testing.assert_close(both[1], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone[0], want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        Recformer(None, TINY_BACKBONE, pooling="max")

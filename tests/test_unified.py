@@ -186,6 +186,11 @@ def test_equal_budgets_across_layouts():
     assert enc.rows["category"] == 8 and enc.rows["year"] == len(enc.features["year"].vocab)
     assert enc.rows["item_id"] < data.n_items
     assert enc.collision_rates()["category"] == 0.0 and enc.collision_rates()["item_id"] > 0
+    # Proportional: every feature compressed alike (at least one row).
+    prop = PerFeatureEmbedding(allocation="proportional", dim_per_table=4, num_chunks=2, compression=0.25)
+    prop.bind(data, "item")
+    assert prop.rows["item_id"] == data.n_items // 4 and prop.rows["category"] == 2
+    assert prop.embedding_params <= 0.25 * sum(len(f.vocab) * 8 for f in prop.features.values())
 
 
 def test_single_hash_uses_one_table():

@@ -155,6 +155,11 @@ class AlphaRec(RecEncoder):
         n_layers: propagation depth (2 in the paper's runs).
         lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute, max_words, cache_dir,
             lm_batch_size, lm_dim, reduce: item text and LM options, see :class:`TextFeatures`.
+        cold_neighbors: how items without training interactions are propagated. 0 (the paper): as LightGCN does,
+            they keep only their own mapped text vector ``α₀ f(z)``, which lies off the distribution of propagated
+            items (in the cold-item protocol it ranks them below random). k > 0: they borrow the graph part of the
+            k warm items nearest in LM space, ``α₀ f(z_c) + mean_{j∈kNN(c)} (e_j − α₀ f(z_j))`` — an inference-time
+            imputation (no extra parameters; it applies to any item with no training edge).
         normalize_output: L2-normalise the final embeddings. With ``DotScorer`` and ``SoftmaxLoss(temperature=τ)``
             this is the same loss as ``CosineScorer(τ)`` + ``SoftmaxLoss()``, but normalises the [U + I, dim]
             table once per step instead of the gathered [B, C, dim] candidates (on CPU at 256 negatives, about
@@ -168,17 +173,21 @@ class AlphaRec(RecEncoder):
                  lm_path: str | None = None, pooling: str = "mean", normalize: bool = True, max_length: int = 128,
                  attributes: list[str] | None = None, max_words_per_attribute: int | None = 32,
                  max_words: int | None = 128, cache_dir: str | None = None, lm_batch_size: int = 64,
-                 lm_dim: int | None = None, reduce: str = "pca", normalize_output: bool = False) -> None:
+                 lm_dim: int | None = None, reduce: str = "pca", cold_neighbors: int = 0,
+                 normalize_output: bool = False) -> None:
         super().__init__()
         if mapping not in ("linear", "mlp"):
             raise ValueError(f"mapping must be 'linear' or 'mlp', not {mapping!r}")
         self.out_dim, self.mapping_kind, self.hidden_dim = dim, mapping, hidden_dim
-        self.normalize_output = normalize_output
+        self.cold_neighbors, self.normalize_output = cold_neighbors, normalize_output
         self.text = TextFeatures(lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute,
                                  max_words, cache_dir, lm_batch_size, lm_dim, reduce)
         self.propagation = LightGCNPropagation(n_layers)
         self.mapping: nn.Module | None = None
         self.adj: Adjacency | None = None
+        # Edgeless items' node rows and their text neighbours' node rows (cold_neighbors > 0), set by bind.
+        self.register_buffer("cold_rows", None, persistent=False)
+        self.register_buffer("cold_knn", None, persistent=False)
         self.n_users = self._n_items = 0
 
     def bind(self, data) -> None:
@@ -190,6 +199,24 @@ class AlphaRec(RecEncoder):
         if self.mapping is None:
             self.mapping = make_mapping(items.shape[1], self.out_dim, self.mapping_kind, self.hidden_dim)
         self.adj = bipartite_adjacency(data.train, "sym", self_loops=False)
+        self.cold_rows = self.cold_knn = None
+        degree = np.diff(sp.csc_matrix(data.train).indptr)
+        cold = np.flatnonzero(degree == 0)
+        if self.cold_neighbors > 0 and 0 < len(cold) < len(degree):
+            self.cold_rows = torch.from_numpy(cold + self.n_users)
+            self.cold_knn = self._text_neighbors(items[torch.from_numpy(cold)], items, degree > 0)
+
+    def _text_neighbors(self, z: Tensor, items: Tensor, warm: np.ndarray) -> Tensor:
+        """Node rows of the ``cold_neighbors`` items with training edges nearest to each of ``z`` (cosine, LM).
+
+        Shapes:
+            z: [N, H]; items: [I, H]; warm: [I] bool -> [N, k]
+        """
+        rows = torch.from_numpy(np.flatnonzero(warm))
+        w = F.normalize(items[rows], dim=-1)
+        k = min(self.cold_neighbors, len(rows))
+        knn = torch.cat([(F.normalize(c, dim=-1) @ w.T).topk(k, dim=1).indices for c in z.split(4096)])
+        return rows[knn] + self.n_users
 
     @property
     def n_items(self) -> int:
@@ -201,7 +228,13 @@ class AlphaRec(RecEncoder):
         Shapes:
             -> [U + I, dim]
         """
-        out = self.propagation(self.adj, self.mapping(self.lm_nodes))
+        x = self.mapping(self.lm_nodes)
+        out = self.propagation(self.adj, x)
+        if self.cold_rows is not None:
+            # Edgeless items: own layer 0 plus the mean graph part (all layers ≥ 1) of their text neighbours.
+            graph_part = out - self.propagation.alpha[0] * x
+            borrowed = graph_part[self.cold_knn.reshape(-1)].view(*self.cold_knn.shape, -1).mean(1)
+            out = out.index_add(0, self.cold_rows, borrowed)
         return F.normalize(out, dim=-1) if self.normalize_output else out
 
     def propagate(self) -> tuple[Tensor, Tensor]:
@@ -237,7 +270,15 @@ class AlphaRec(RecEncoder):
             texts: N strings -> [N, dim]
         """
         z = self.text.embed(texts).to(self.lm_nodes.device)
-        return self.propagation.alpha[0] * self.mapping(z)
+        x = self.mapping(z)
+        out = self.propagation.alpha[0] * x
+        if self.cold_neighbors > 0:
+            nodes = self.propagation(self.adj, self.mapping(self.lm_nodes))
+            graph_part = nodes - self.propagation.alpha[0] * self.mapping(self.lm_nodes)
+            warm = (self.adj.crow.diff()[self.n_users:] > 0).cpu().numpy()
+            knn = self._text_neighbors(z, self.lm_nodes[self.n_users:], warm)
+            out = out + graph_part[knn.reshape(-1)].view(*knn.shape, -1).mean(1)
+        return F.normalize(out, dim=-1) if self.normalize_output else out
 
 
 class LinearProbe(RecEncoder):

@@ -39,16 +39,18 @@ class NGCF(GraphEncoder):
         variant: ``"paper"`` or ``"official"``.
         node_dropout: probability of dropping each non-zero of the adjacency during training.
         message_dropout: dropout on each layer's output during training.
+        init: ego-embedding initialisation, ``"xavier"`` (Glorot-uniform per side, the official code),
+            ``"xavier_normal"`` (RecBole) or ``"normal"`` (std 0.1); see :func:`~recsys.encoders.graph.init_embedding_`.
 
     Shapes:
         batch.users: [B]; batch.items: [B, C] -> (query [B, dim·(L+1)], items [B, C, dim·(L+1)])
     """
 
     def __init__(self, dim: int = 64, n_layers: int = 3, variant: str = "paper", node_dropout: float = 0.1,
-                 message_dropout: float = 0.1) -> None:
+                 message_dropout: float = 0.1, init: str = "xavier") -> None:
         if variant not in ("paper", "official"):
             raise ValueError(f"variant must be 'paper' or 'official', not {variant!r}")
-        super().__init__(dim, init="xavier")
+        super().__init__(dim, init=init)
         self.variant, self.node_dropout, self.message_dropout = variant, node_dropout, message_dropout
         if variant == "official":
             self.norm, self.self_loops = "left", True

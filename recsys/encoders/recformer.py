@@ -3,8 +3,8 @@
 Li et al., "Text Is All You Need: Learning Language Representations for Sequential Recommendation", KDD 2023;
 official code ``AaronHeee/RecFormer``. An item is its key/value attribute tokens; a user's query is ``<s>`` followed
 by the tokens of their history, most recent first (:mod:`recsys.text.recformer_tokens`). The same model embeds both
-(the ``<s>`` hidden state, "CLS pooling"), so any item with text has an embedding: items never seen in training
-(cold start) are ranked from their text alone.
+(the ``<s>`` hidden state, "CLS pooling", or the official code's mean pooling), so any item with text has an
+embedding: items never seen in training (cold start) are ranked from their text alone.
 
 Embeddings = word + token position + token type (``<s>``/key/value/pad) + item position (0 for ``<s>``, then 1..n,
 most recent first), then LayerNorm and dropout; the backbone is ``transformers``' ``LongformerEncoder`` (sliding
@@ -250,6 +250,10 @@ class Recformer(RecEncoder):
         freeze_word_embeddings: keep the word embeddings fixed (the official fine-tuning's
             ``--fix_word_embedding``): words seen only in cold items keep their pre-trained meaning, and steps skip
             the largest gradient (vocabulary × width).
+        pooling: ``cls`` (the ``<s>`` hidden state, the paper's) or ``mean`` (masked mean over the real tokens, the
+            official code's ``pooler_type: avg``). Mean suits checkpoints trained with mean pooling such as
+            all-MiniLM-L6-v2, whose ``<s>`` states start nearly identical (item-item cosine ≈ 0.997 after its first
+            2 layers on MovieLens titles) and do not separate within a CPU budget.
 
     Shapes:
         batch.history: [B, L] -> query [B, H]; items [...] -> [..., H]
@@ -258,8 +262,11 @@ class Recformer(RecEncoder):
     def __init__(self, model: str | None = None, backbone: Backbone | None = None, tokens: TokenOptions | None = None,
                  item_table: str = "trainable", mlm_probability: float = 0.15, mlm_weight: float = 0.0,
                  init_from: str | None = None, tokenizer: str | None = None, encode_batch_size: int = 128,
-                 cache_dir: str | None = None, freeze_word_embeddings: bool = False) -> None:
+                 cache_dir: str | None = None, freeze_word_embeddings: bool = False, pooling: str = "cls") -> None:
         super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
+        self.pooling = pooling
         if item_table not in _TABLE_MODES:
             raise ValueError(f"item_table must be one of {_TABLE_MODES}, not {item_table!r}")
         self.model_path, self.init_from, self.cache_dir = model, init_from, cache_dir
@@ -423,7 +430,11 @@ class Recformer(RecEncoder):
                            self.options.max_token_num)
 
     def _pooled(self, inputs: dict[str, Tensor]) -> Tensor:
-        return self.backbone(inputs)[:, 0]
+        hidden = self.backbone(inputs)
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = inputs["attention_mask"][:, :, None].to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def encode_queries(self, batch: Batch) -> Tensor:
         if batch.history is None:

@@ -279,23 +279,34 @@ class UnifiedEmbedding(FeatureEmbedding):
 class PerFeatureEmbedding(FeatureEmbedding):
     """One table per feature (the usual layout): collision-free where the vocabulary fits its share, else hashed.
 
-    The budget is split by water-filling (max-min fairness): features whose whole vocabulary fits an equal share get
-    exactly their vocabulary, the rest split what remains equally and hash into it. Feature f's table is
+    ``allocation`` splits the budget: ``water_filling`` (max-min fairness: features whose whole vocabulary fits an
+    equal share get exactly their vocabulary, the rest split what remains equally and hash into it) or
+    ``proportional`` (every feature compressed by the same factor, at least one row each). Feature f's table is
     ``num_chunks_f · dim_per_table`` wide, as wide as its unified embedding.
 
     Args:
+        allocation: ``water_filling`` or ``proportional``.
         **kwargs: see :class:`FeatureEmbedding`; without a budget every table holds its whole vocabulary.
 
     Shapes:
         rows: [...] int64 -> [..., out_dim]
     """
 
+    def __init__(self, allocation: str = "water_filling", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if allocation not in ("water_filling", "proportional"):
+            raise ValueError(f"allocation must be 'water_filling' or 'proportional', not {allocation!r}")
+        self.allocation = allocation
+
     def allocate(self, features: dict[str, JaggedFeature], budget: int | None) -> dict[str, int]:
-        """Rows per feature under ``budget`` parameters (max-min fair; whole vocabularies where they fit)."""
+        """Rows per feature under ``budget`` parameters (see ``allocation``); whole vocabularies without one."""
         width = {n: f.spec.num_chunks * self.dim_per_table for n, f in features.items()}
         need = {n: len(f.vocab) * width[n] for n, f in features.items()}
         if budget is None:
             return {n: len(f.vocab) for n, f in features.items()}
+        if self.allocation == "proportional":
+            factor = min(1.0, budget / sum(need.values()))
+            return {n: max(1, int(factor * len(f.vocab))) for n, f in features.items()}
         alloc, left, order = {}, float(budget), sorted(need, key=need.get)
         for k, n in enumerate(order):
             share = left / (len(order) - k)
@@ -387,6 +398,7 @@ class FeatureTwoTower(TwoTower):
         hidden: MLP hidden sizes before each tower's output projection.
         seed: hash family seed.
         init_std: table initialisation standard deviation.
+        allocation: how per-feature tables split the budget (per_feature layout; see :class:`PerFeatureEmbedding`).
 
     Shapes:
         batch.users: [B]; batch.items: [B, C] -> (query [B, out_dim], items [B, C, out_dim])
@@ -396,11 +408,12 @@ class FeatureTwoTower(TwoTower):
                  item_features: list[FeatureSpec] | None = None, out_dim: int = 64, dim_per_table: int = 16,
                  num_chunks: int = 2, num_tables: int = 2, buckets_per_table: int = 10000, buckets: int = 10000,
                  budget: int | None = None, compression: float | None = None, pooling: str = "mean",
-                 combine: str = "concat", hidden: Sequence[int] = (), seed: int = 0, init_std: float = 0.05) -> None:
+                 combine: str = "concat", hidden: Sequence[int] = (), seed: int = 0, init_std: float = 0.05,
+                 allocation: str = "water_filling") -> None:
         common = dict(dim_per_table=dim_per_table, num_chunks=num_chunks, compression=compression, pooling=pooling,
                       combine=combine, out_dim=out_dim, hidden=hidden, seed=seed, init_std=init_std)
         extra = ({"num_tables": num_tables, "buckets_per_table": buckets_per_table} if layout == "unified"
-                 else {"buckets": buckets} if layout == "single_hash" else {})
+                 else {"buckets": buckets} if layout == "single_hash" else {"allocation": allocation})
         towers = [make_feature_embedding(layout, features=f, **common, **extra)
                   for f in (user_features, item_features)]
         super().__init__(*towers)

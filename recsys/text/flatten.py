@@ -11,6 +11,8 @@ the text, so any drift would silently re-encode).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -76,6 +78,18 @@ def format_value(v) -> str:
     return " ".join(str(v).split())
 
 
+def value_words(v) -> list[str]:
+    """``format_value(v).split()``, with fast paths for the common cell types (strings, lists of strings)."""
+    if type(v) is str:
+        return v.split()
+    if isinstance(v, (list, tuple, np.ndarray)):
+        try:
+            return " ".join(v).split()  # a list of strings: one join, one split
+        except TypeError:  # numbers, missing values or nested lists inside
+            pass
+    return format_value(v).split()
+
+
 def _limit(spec: int | Mapping[str, int] | None, key: str) -> int | None:
     if isinstance(spec, Mapping):
         return spec.get(key)
@@ -101,36 +115,56 @@ def item_attributes(table, attributes: Sequence[str] | None = None, exclude: Ite
     Returns:
         one list of (key, value) pairs per row; missing and empty values are skipped.
     """
+    with _gc_paused():
+        specs, columns = _columns(table, attributes, exclude, max_words_per_attribute, key_names)
+        total = max_words if max_words is not None else math.inf
+        return [_row_pairs(specs, columns, r, total) for r in range(len(table))]
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    # Flattening allocates ~10 small lists per item and no reference cycles; left on, the collector runs full
+    # passes over the process's whole heap (torch, pandas, Lightning) meanwhile, which triples the time.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _columns(table, attributes, exclude, max_words_per_attribute, key_names):
+    """Per used column: (display key, its length in words, the value word limit), and its cells' word lists."""
     if table is None:
         raise ValueError("no side table: text encoders need data.item_table (a dataset with item attributes)")
     cols = [c for c in (attributes if attributes is not None else table.columns) if c in table.columns]
     if attributes is None:
         excluded = set(exclude)
         cols = [c for c in cols if c not in excluded]
-    # Per column: display key, its length in words, the per-value word limit; then values formatted column-wise.
     specs = []
     for c in cols:
         key = (key_names or {}).get(c, str(c).replace("_", " "))
         specs.append((key, len(key.split()), _limit(max_words_per_attribute, c)))
-    columns = [[format_value(v).split() for v in table[c].tolist()] for c in cols]
-    total = max_words if max_words is not None else math.inf
-    out: list[list[tuple[str, str]]] = []
-    for r in range(len(table)):
-        pairs: list[tuple[str, str]] = []
-        budget = total
-        for (key, key_len, lim), values in zip(specs, columns):
-            words = values[r]
-            if not words:
-                continue
-            room = budget - key_len
-            if room <= 0:
-                break
-            n = len(words) if lim is None else min(lim, len(words))
-            n = int(min(room, n))
-            pairs.append((key, " ".join(words[:n])))
-            budget = room - n
-        out.append(pairs)
-    return out
+    columns = [[value_words(v) for v in table[c].tolist()] for c in cols]
+    return specs, columns
+
+
+def _row_pairs(specs, columns, r: int, total: float) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    budget = total
+    for (key, key_len, lim), values in zip(specs, columns):
+        words = values[r]
+        if not words:
+            continue
+        room = budget - key_len
+        if room <= 0:
+            break
+        n = len(words) if lim is None else min(lim, len(words))
+        n = int(min(room, n))
+        pairs.append((key, " ".join(words[:n])))
+        budget = room - n
+    return pairs
 
 
 def flatten_pairs(pairs: Sequence[tuple[str, str]], sep: str = ": ") -> FlatText:
@@ -153,17 +187,31 @@ def flatten_table(table, attributes: Sequence[str] | None = None, **options) -> 
     return [flatten_pairs(p) for p in item_attributes(table, attributes, **options)]
 
 
-def item_texts(table, attributes: Sequence[str] | None = None, **options) -> list[str]:
+def item_texts(table, attributes: Sequence[str] | None = None, exclude: Iterable[str] = DEFAULT_EXCLUDE,
+               max_words_per_attribute: int | Mapping[str, int] | None = 32, max_words: int | None = 128,
+               key_names: Mapping[str, str] | None = None) -> list[str]:
     """The flattened text of every row, e.g. ``title: Toy Story genres: Animation Children Comedy year: 1995``.
 
     Args:
         table: the side table (``data.item_table``).
         attributes: columns in text order (None = all but the row keys).
-        options: ``max_words_per_attribute``, ``max_words``, ``exclude``, ``key_names`` (see
-            :func:`item_attributes`).
+        exclude, max_words_per_attribute, max_words, key_names: see :func:`item_attributes`.
 
     Shapes:
         table: [N rows] -> N strings
     """
-    # Same text as flatten_pairs(...).text, without the spans (this runs over whole catalogues on every fit).
-    return [" ".join(f"{k}: {v}" for k, v in pairs) for pairs in item_attributes(table, attributes, **options)]
+    # Same text as flatten_pairs(...).text, built column by column: this runs over the whole catalogue on every
+    # fit, so the per-row budget walk is done only for rows whose untruncated total exceeds the budget.
+    with _gc_paused():
+        specs, columns = _columns(table, attributes, exclude, max_words_per_attribute, key_names)
+        total = max_words if max_words is not None else math.inf
+        n = len(table)
+        segments, lengths = [], np.zeros(n, dtype=np.int64)
+        for (key, key_len, lim), values in zip(specs, columns):
+            cut = values if lim is None else [w[:lim] for w in values]
+            segments.append([f"{key}: {' '.join(w)}" if w else "" for w in cut])
+            lengths += np.fromiter((key_len + len(w) if w else 0 for w in cut), dtype=np.int64, count=n)
+        texts = [" ".join(filter(None, row)) for row in zip(*segments)] if segments else [""] * n
+        for r in np.flatnonzero(lengths > total):
+            texts[r] = " ".join(f"{k}: {v}" for k, v in _row_pairs(specs, columns, int(r), total))
+        return texts

@@ -151,30 +151,30 @@ class EmbeddingCache:
         Shapes:
             hashes: [N] -> (found [N] bool, vectors [N, D] float32 with zeros where not found, or None if no hit)
         """
-        want = {h: i for i, h in enumerate(hashes)}
-        found = np.zeros(len(hashes), dtype=bool)
+        want = np.asarray(hashes, dtype="S40")
+        found = np.zeros(len(want), dtype=bool)
         out = None
         for shard in self._shards():
+            if found.all():
+                break
             try:
                 with np.load(shard) as z:
                     keys, vecs = z["hashes"], z["vectors"]
             except (OSError, ValueError, KeyError) as e:  # a damaged shard is a miss, never an error
                 log.warning("ignoring unreadable LM cache shard %s: %s", shard, e)
                 continue
-            rows, src = [], []
-            for j, k in enumerate(keys.astype(str).tolist()):
-                i = want.get(k)
-                if i is not None and not found[i]:
-                    rows.append(i)
-                    src.append(j)
-            if not rows:
+            if len(keys) == 0 or (out is not None and vecs.shape[1] != out.shape[1]):
+                continue
+            # Vectorised matching (sorted keys + binary search): a catalogue-sized lookup stays a few ms.
+            order = np.argsort(keys)
+            pos = np.minimum(np.searchsorted(keys, want, sorter=order), len(keys) - 1)
+            hit = (keys[order[pos]] == want) & ~found
+            if not hit.any():
                 continue
             if out is None:
-                out = np.zeros((len(hashes), vecs.shape[1]), dtype=np.float32)
-            elif vecs.shape[1] != out.shape[1]:
-                continue
-            out[rows] = vecs[src]
-            found[rows] = True
+                out = np.zeros((len(want), vecs.shape[1]), dtype=np.float32)
+            out[hit] = vecs[order[pos[hit]]]
+            found |= hit
         return found, out
 
     def add(self, hashes: Sequence[str], vectors: np.ndarray) -> Path:

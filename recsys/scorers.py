@@ -26,6 +26,10 @@ class Scorer(nn.Module):
 
     def forward(self, query: Tensor, items: Tensor) -> Tensor:
         q, i = self.prepare_queries(query), self.prepare_items(items)
+        if i.shape[-2] <= 16:
+            # Few candidates per query (BPR's positive and negatives): a batched GEMV of [C, D] @ [D, 1] blocks
+            # runs 2-4x slower on CPU, forward and backward, than one fused multiply-and-sum.
+            return (i * q.unsqueeze(-2)).sum(-1)
         return (i @ q.unsqueeze(-1)).squeeze(-1)
 
     def score_all(self, query: Tensor, table: Tensor, prepared: bool = False) -> Tensor:

@@ -185,6 +185,10 @@ def _save_model(model, data, run_dir: Path) -> None:
     payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     scorer = getattr(model, "scorer", None)
     payload["scorer"] = json.dumps(scorer.describe() if scorer is not None else {"metric": "inner_product"})
+    concepts = getattr(getattr(model, "encoder", None), "concept_names", None)
+    if concepts:
+        # Explicit-concept models (SESA): dimension names, so `recsys score --explain` needs no model code.
+        payload["concepts"] = json.dumps(list(concepts))
     if hasattr(model, "tables") and model.tables() is not None:
         q, i = model.tables()
         payload["tables"] = {"queries": q.contiguous(), "items": i.contiguous()}
@@ -202,12 +206,22 @@ def cmd_evaluate(argv: list[str]) -> int:
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--ks", type=int, nargs="+", default=[10, 20])
     p.add_argument("--out", default=None, help="JSON output (default RUN/eval_<split>.json).")
+    _add_retrieval_args(p)
     a = p.parse_args(argv)
     from recsys.metrics.evaluate import beyond_accuracy, evaluate
     from recsys.runs import load_model, require_run_dir
 
     d = require_run_dir(a.run_dir, "config.yaml", "model.pt")
     model, data = load_model(d)
+    retrieval, gallery = _retrieval(a), None
+    if a.gallery:
+        gallery, _ = load_model(a.gallery, data)
+    if retrieval is not None or gallery is not None:
+        # A non-default retrieval is reported on its own (no beyond-accuracy pass), so defaults stay comparable.
+        m = evaluate(model, data, a.split, tuple(a.ks), retrieval=retrieval, gallery=gallery)
+        print(f"{a.split} metrics ({_describe_retrieval(a)}):\n" + format_metrics(m))
+        _write_json(Path(a.out) if a.out else d / f"eval_{a.split}_{_retrieval_tag(a)}.json", m)
+        return 0
     t = time.perf_counter()
     m = evaluate(model, data, a.split, tuple(a.ks))
     print(f"{a.split} metrics ({time.perf_counter() - t:.2f} s):\n" + format_metrics(m))
@@ -217,9 +231,47 @@ def cmd_evaluate(argv: list[str]) -> int:
     return 0
 
 
+def _add_retrieval_args(p) -> None:
+    """Options shared by ``evaluate`` and ``score``: prefix dims, cascades, Hamming codes, an old gallery."""
+    g = p.add_argument_group("retrieval (Matryoshka prefixes, coarse-to-fine, binary codes, compatible galleries)")
+    g.add_argument("--dim", type=int, default=None, help="Score with the first DIM embedding dimensions only.")
+    g.add_argument("--coarse-dim", type=int, default=None,
+                   help="Shortlist with the first COARSE_DIM dimensions, then re-rank at --dim (or all).")
+    g.add_argument("--hamming", action="store_true",
+                   help="Shortlist by Hamming distance of the sign bits, then re-rank in float.")
+    g.add_argument("--codes-only", action="store_true", help="With --hamming: rank by Hamming distance alone.")
+    g.add_argument("--shortlist", type=int, default=200, help="Candidates per user kept by the coarse pass.")
+    g.add_argument("--gallery", default=None,
+                   help="Run directory of an old model: score this run's queries against its items.")
+
+
+def _retrieval(a):
+    if a.dim is None and a.coarse_dim is None and not a.hamming:
+        return None
+    from recsys.scoring.cascade import Retrieval
+
+    return Retrieval(dim=a.dim, coarse_dim=a.coarse_dim, hamming=a.hamming, shortlist=a.shortlist,
+                     codes_only=a.codes_only)
+
+
+def _retrieval_tag(a) -> str:
+    parts = [f"dim{a.dim}" if a.dim else "", f"coarse{a.coarse_dim}x{a.shortlist}" if a.coarse_dim else "",
+             ("hamming" if a.codes_only else f"hamming{a.shortlist}") if a.hamming else "",
+             "gallery" if a.gallery else ""]
+    return "_".join(p for p in parts if p)
+
+
+def _describe_retrieval(a) -> str:
+    return _retrieval_tag(a).replace("_", ", ") or "exact"
+
+
 # ---------------------------------------------------------------------------------------------------- score
 def cmd_score(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="recsys score", description="Top-k recommendations for users, as Parquet.")
+    p = argparse.ArgumentParser(
+        prog="recsys score", description="Top-k recommendations for users, as Parquet.",
+        epilog="Any --trainer.* option (e.g. --trainer.strategy ddp --trainer.devices 2 --trainer.accelerator gpu "
+               "--trainer.num_nodes N) scores with Lightning's trainer.predict instead: OUT becomes a directory of "
+               "shards (--shard-users, default 50000), written by the rank that scored each.")
     p.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--out", required=True, help="Output Parquet file.")
@@ -230,13 +282,54 @@ def cmd_score(argv: list[str]) -> int:
                    help="Write OUT as a directory of Parquet shards of this many users, resumable.")
     p.add_argument("--num-shards", type=int, default=1, help="Workers sharing the job (external schedulers).")
     p.add_argument("--shard-index", type=int, default=0, help="This worker's index in 0..num-shards-1.")
-    a = p.parse_args(argv)
+    p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
+                   help="Score dtype: bf16 shortlists in bf16 and re-ranks in float32; auto = bf16 on CUDA with "
+                        "bf16 support, float32 on CPU.")
+    _add_retrieval_args(p)
+    p.add_argument("--explain", action="store_true",
+                   help="Add an 'explanation' column: each score's top-3 concepts and their shares (SESA models).")
+    p.add_argument("--index", choices=["exact", "seismic"], default="exact",
+                   help="Top-k by brute force or by the Seismic inverted index over concept vectors (SESA models).")
+    p.add_argument("--index-options", default=None,
+                   help='SeismicIndex options as JSON, e.g. \'{"n_postings": 2000, "query_cut": 10}\'.')
+    a, rest = p.parse_known_args(argv)
+    if rest:
+        return _score_lightning(p, a, rest)
+    if a.index != "exact" and (_retrieval(a) is not None or a.gallery):
+        p.error("--index seismic cannot be combined with --dim, --coarse-dim, --hamming or --gallery")
     from recsys.scoring.batch import score_run
 
     t = time.perf_counter()
     n = score_run(a.run_dir, a.out, k=a.k, users_file=a.users, keep_seen=a.keep_seen, chunk_size=a.chunk_size,
-                  shard_users=a.shard_users, num_shards=a.num_shards, shard_index=a.shard_index)
+                  shard_users=a.shard_users, num_shards=a.num_shards, shard_index=a.shard_index,
+                  retrieval=_retrieval(a), gallery=a.gallery, explain=a.explain, index=a.index,
+                  index_options=json.loads(a.index_options) if a.index_options else None, precision=a.precision)
     print(f"[recsys] wrote {n} rows to {a.out} in {time.perf_counter() - t:.2f} s")
+    return 0
+
+
+def _score_lightning(p, a, rest: list[str]) -> int:
+    """``recsys score`` with ``--trainer.*`` options: Lightning's predict loop (DDP etc.), one shard per step."""
+    if not rest[0].startswith("--trainer."):
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    if a.num_shards != 1 or _retrieval(a) is not None or a.gallery or a.explain or a.index != "exact":
+        p.error("--trainer.* scoring supports neither --num-shards (the ranks split the shards) nor --dim, "
+                "--coarse-dim, --hamming, --gallery, --explain or --index")
+    import lightning as L
+    from jsonargparse import ArgumentParser
+
+    tp = ArgumentParser(prog="recsys score", default_env=False)
+    tp.add_class_arguments(L.Trainer, "trainer", instantiate=False)
+    targs = dict(vars(tp.instantiate(tp.parse_args(rest)).trainer))
+    from recsys.scoring.predict import predict_run, read_manifest
+
+    t = time.perf_counter()
+    n = predict_run(a.run_dir, a.out, k=a.k, users_file=a.users, keep_seen=a.keep_seen, chunk_size=a.chunk_size,
+                    shard_users=a.shard_users, precision=a.precision, trainer=targs)
+    if _launch_rank() == 0:
+        m = read_manifest(a.out)
+        print(f"[recsys] wrote {n} rows on rank 0 to {a.out} in {time.perf_counter() - t:.2f} s; manifest: "
+              f"{m['rows']} rows in {len(m['shards'])}/{m['n_shards']} shards, complete={m['complete']}")
     return 0
 
 

@@ -52,3 +52,45 @@ class BCELoss(Loss):
     def forward(self, pos: Tensor, neg: Tensor) -> Tensor:
         return (F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos))
                 + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
+
+
+class MatryoshkaLoss(Loss):
+    """Nested (Matryoshka) loss: a base loss at several prefix sizes of the same embeddings, weighted and summed.
+
+    ``L = Σ_m w_m · base(scores of q[:m] and i[:m])`` over prefix sizes ``m`` (default ``{d/8, d/4, d/2, d}``), so
+    every prefix is trained to rank on its own. ``RecModel`` computes the embeddings once and calls
+    :meth:`nested` with a function that scores a prefix; called as a plain loss it is the base loss.
+
+    Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022.
+
+    Args:
+        base: the loss at each prefix (BPR when None).
+        dims: prefix sizes (``{d/8, d/4, d/2, d}`` of the encoder's ``d`` when None).
+        weights: one weight per prefix (1 each when None; MRL uses uniform weights).
+    """
+
+    def __init__(self, base: Loss | None = None, dims: list[int] | None = None,
+                 weights: list[float] | None = None) -> None:
+        super().__init__()
+        if dims is not None and weights is not None and len(dims) != len(weights):
+            raise ValueError(f"{len(dims)} prefix dims but {len(weights)} weights")
+        self.base = base if base is not None else BPRLoss()
+        self.dims = None if dims is None else sorted(int(d) for d in dims)
+        self.weights = None if weights is None else [float(w) for w in weights]
+
+    def prefix_dims(self, out_dim: int) -> list[int]:
+        from recsys.encoders.matryoshka import default_prefix_dims
+
+        dims = self.dims or default_prefix_dims(out_dim)
+        if dims[-1] > out_dim:
+            raise ValueError(f"prefix dim {dims[-1]} exceeds the encoder's {out_dim} dimensions")
+        return dims
+
+    def forward(self, pos: Tensor, neg: Tensor) -> Tensor:
+        return self.base(pos, neg)
+
+    def nested(self, scores_at, out_dim: int) -> Tensor:
+        """The weighted sum of base losses; ``scores_at(m)`` returns ``(pos [B], neg [B, K])`` at prefix ``m``."""
+        dims = self.prefix_dims(out_dim)
+        weights = self.weights or [1.0] * len(dims)
+        return sum(w * self.base(*scores_at(m)) for m, w in zip(dims, weights))

@@ -49,13 +49,30 @@ def embedding_tables(encoder, scorer, data, up_to: str = "train", users: np.ndar
     return queries, items
 
 
-def score_function(model, data, up_to: str = "train") -> ScoreFn:
+def score_function(model, data, up_to: str = "train", retrieval=None, gallery=None, exclude=None) -> ScoreFn:
     """A ``score_fn(user_rows, out)`` for any model this framework trains.
 
     Baselines that are not embedding models (EASE, item-kNN) expose ``score_users``; embedding models (anything
     with ``encoder`` and ``scorer``) are reduced to one GEMM over precomputed tables.
+
+    Args:
+        model: a trained model (``RecModel``, ``LoadedModel`` or a baseline).
+        data: the ``PreparedData`` it is bound to.
+        up_to: which interactions form the queries' histories (see :func:`embedding_tables`).
+        retrieval: a :class:`recsys.scoring.cascade.Retrieval` (prefix dim, coarse-to-fine, Hamming); exact when None.
+        gallery: another embedding model whose item table to score against (a backward-compatible upgrade's old
+            model); queries keep their first ``D_gallery`` coordinates, the compatible subspace.
+        exclude: CSR of items a cascade must not shortlist (the evaluator's exclusions).
     """
     if hasattr(model, "score_users"):
+        if retrieval is not None or gallery is not None:
+            raise ValueError("prefix, cascade and gallery scoring need an embedding model (encoder + scorer)")
         return model.score_users
     queries, items = embedding_tables(model.encoder, model.scorer, data, up_to)
+    if gallery is not None:
+        _, items = embedding_tables(gallery.encoder, gallery.scorer, data, up_to)
+        queries = queries[:, :items.shape[1]].contiguous()
+    if retrieval is not None:
+        normalize = bool(model.scorer.describe().get("normalize", False))
+        return retrieval.score_fn(queries, items, exclude, normalize)
     return gemm_score_fn(queries, items)

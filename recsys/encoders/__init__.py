@@ -25,3 +25,14 @@ from recsys.encoders.unified import (  # noqa: E402
 )
 
 __all__ += ["FeatureEmbedding", "FeatureTwoTower", "PerFeatureEmbedding", "SingleHashEmbedding", "UnifiedEmbedding"]
+from recsys.encoders.sesa import SESA  # noqa: E402  (transformers is imported lazily inside)
+
+__all__ += ["SESA"]
+from recsys.encoders.binary import BinaryCodes  # noqa: E402
+from recsys.encoders.compatible import Compatible  # noqa: E402
+from recsys.encoders.lowrank import LowRank  # noqa: E402
+from recsys.encoders.matryoshka import Matryoshka  # noqa: E402
+from recsys.encoders.quantized import LatentQuantization  # noqa: E402
+from recsys.encoders.wrapper import EncoderWrapper  # noqa: E402
+
+__all__ += ["BinaryCodes", "Compatible", "EncoderWrapper", "LatentQuantization", "LowRank", "Matryoshka"]

@@ -37,7 +37,9 @@ class RecEncoder(nn.Module):
 
     ``forward`` returns the query embeddings and the candidates' embeddings for a training batch. Encoders that
     propagate both sides jointly (graphs) override ``propagate`` so that evaluation computes the tables once per
-    pass (see :meth:`precompute`), not once per batch.
+    pass (see :meth:`precompute`), not once per batch. Encoders that compute the whole item table at every training
+    step anyway may define ``training_tables(batch) -> (query [B, D], items [N, D])``: the model then scores many
+    sampled negatives as columns of one ``query @ items.T`` instead of gathering a ``[B, C, D]`` tensor.
 
     Shapes:
         batch.users: [B]; batch.items: [B, C] -> (query [B, D], items [B, C, D])

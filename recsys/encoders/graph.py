@@ -419,6 +419,16 @@ class GraphEncoder(RecEncoder):
         self._batch_out = (query, cands) if self.training else None
         return query, cands
 
+    def training_tables(self, batch) -> tuple[Tensor, Tensor]:
+        """The batch's user embeddings and the whole item table, for scoring many negatives by one GEMM.
+
+        Shapes:
+            batch.users: [B] -> (query [B, out_dim], items [I, out_dim])
+        """
+        self._batch_out = None
+        users, items = self.propagate()
+        return users.index_select(0, batch.users), items
+
     def _table(self) -> tuple[Tensor, Tensor]:
         return self._tables if self._tables is not None else self.propagate()
 

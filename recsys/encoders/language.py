@@ -251,6 +251,15 @@ class AlphaRec(RecEncoder):
         return users.index_select(0, batch.users), items.index_select(0, batch.items.reshape(-1)).view(
             *batch.items.shape, -1)
 
+    def training_tables(self, batch) -> tuple[Tensor, Tensor]:
+        """The batch's user embeddings and the whole item table, for scoring many negatives by one GEMM.
+
+        Shapes:
+            batch.users: [B] -> (query [B, dim], items [I, dim])
+        """
+        users, items = self.propagate()
+        return users.index_select(0, batch.users), items
+
     def _table(self) -> tuple[Tensor, Tensor]:
         return self._tables if self._tables is not None else self.propagate()
 

@@ -24,7 +24,7 @@ def rank_split(score_fn: ScoreFn, data, split: str = "test", k: int = 20, chunk_
 
 
 def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | None = None,
-             per_user_out=None) -> dict[str, float]:
+             per_user_out=None, retrieval=None, gallery=None) -> dict[str, float]:
     """Full-ranking metrics of a model on a split (``valid`` or ``test``).
 
     Args:
@@ -34,10 +34,14 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | No
         ks: cut-offs.
         chunk_size: users per scoring chunk (from a memory budget when None).
         per_user_out: a Parquet path for per-user values (external user IDs), for significance tests.
+        retrieval: a :class:`recsys.scoring.cascade.Retrieval`: score at a Matryoshka prefix (``dim``),
+            coarse-to-fine, or Hamming shortlist + float re-rank; exact full-dimension scoring when None.
+        gallery: an old model whose items the queries are scored against (backward-compatible upgrades).
     """
     from recsys.recommender import score_function
 
-    score_fn = score_function(model, data, up_to="train" if split == "valid" else "train+valid")
+    score_fn = score_function(model, data, up_to="train" if split == "valid" else "train+valid",
+                              retrieval=retrieval, gallery=gallery, exclude=data.exclude_for(split))
     users, ranked = rank_split(score_fn, data, split, max(ks), chunk_size)
     if per_user_out is not None:
         write_per_user(per_user_out, data, users, ranked, split, ks)

@@ -31,8 +31,15 @@ def read_user_ids(path: str | Path) -> np.ndarray:
     return np.asarray(lines, dtype=object)
 
 
-def _score_fn_for_run(run_dir: Path, data_dir: Path):
-    """The cheapest score function for a run: its stored GEMM-ready tables, else the rebuilt model."""
+def _score_fn_for_run(run_dir: Path, data_dir: Path, retrieval=None, gallery: Path | None = None, exclude=None):
+    """The cheapest score function for a run: its stored GEMM-ready tables, else the rebuilt model.
+
+    ``retrieval`` (a :class:`recsys.scoring.cascade.Retrieval`) scores at a prefix, coarse-to-fine or by Hamming
+    shortlist; ``gallery`` is another run whose stored item table the queries are scored against (their first
+    ``D_gallery`` coordinates: a backward-compatible model's new queries against the old model's items).
+    """
+    import json
+
     from recsys.runs import MODEL_FILE, load_checkpoint
 
     ckpt = load_checkpoint(run_dir / MODEL_FILE)
@@ -40,7 +47,16 @@ def _score_fn_for_run(run_dir: Path, data_dir: Path):
         from recsys.scoring.topk import gemm_score_fn
 
         t = ckpt["tables"]
-        return gemm_score_fn(t["queries"], t["items"])
+        queries, items = t["queries"], t["items"]
+        if gallery is not None:
+            items = _gallery_items(run_dir, gallery)
+            queries = queries[:, :items.shape[1]].contiguous()
+        if retrieval is None:
+            return gemm_score_fn(queries, items)
+        normalize = bool(json.loads(ckpt.get("scorer", "{}")).get("normalize", False))
+        return retrieval.score_fn(queries, items, exclude, normalize)
+    if retrieval is not None or gallery is not None:
+        raise ValueError("prefix, cascade and gallery scoring need a run with stored embedding tables")
     from recsys.recommender import score_function
     from recsys.runs import load_model
 
@@ -48,9 +64,26 @@ def _score_fn_for_run(run_dir: Path, data_dir: Path):
     return score_function(model, data, up_to="all")
 
 
+def _gallery_items(run_dir: Path, gallery: Path):
+    """The stored item table of another run over the same items (same item vocabulary, same order)."""
+    import pyarrow.parquet as pq
+
+    from recsys.runs import MODEL_FILE, load_checkpoint, require_run_dir
+
+    g = require_run_dir(gallery, MODEL_FILE, "data/item_vocab.parquet")
+    if not pq.read_table(g / "data/item_vocab.parquet").equals(pq.read_table(run_dir / "data/item_vocab.parquet")):
+        raise DataError("the gallery run's item vocabulary differs from this run's", file=str(g))
+    ckpt = load_checkpoint(g / MODEL_FILE)
+    if "tables" not in ckpt:
+        raise DataError("the gallery run has no stored item table", file=str(g / MODEL_FILE))
+    return ckpt["tables"]["items"]
+
+
 def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file: str | Path | None = None,
               keep_seen: bool = False, chunk_size: int | None = None, shard_users: int | None = None,
-              num_shards: int = 1, shard_index: int = 0) -> int:
+              num_shards: int = 1, shard_index: int = 0, retrieval=None, gallery: str | Path | None = None,
+              explain: bool = False, index: str = "exact", index_options: dict | None = None,
+              precision: str = "32") -> int:
     """Write the top-k items of every user (or of the listed users) of a run to Parquet.
 
     Columns: ``user`` and ``item`` (external IDs), ``rank`` (1-based), ``score``. Items a user interacted with in
@@ -72,8 +105,25 @@ def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file:
         shard_users: users per shard; enables sharded output.
         num_shards: workers sharing the job.
         shard_index: this worker's index in ``0..num_shards-1``.
+        retrieval: a :class:`recsys.scoring.cascade.Retrieval` (``--dim``, coarse-to-fine, Hamming); exact if None.
+        gallery: a run whose items to score this run's queries against (new queries vs the old gallery).
+        explain: add an ``explanation`` column: the top-3 concepts of each score and their shares (explicit-concept
+            models such as SESA only).
+        index: ``exact`` (brute force) or ``seismic`` (the blocked inverted index of :mod:`recsys.retrieval`,
+            for non-negative explicit vectors).
+        index_options: keyword arguments of :class:`recsys.retrieval.SeismicIndex`.
+        precision: score dtype, ``32`` or ``bf16`` (bf16 shortlist + float32 re-rank, see
+            :mod:`recsys.scoring.topk`); ``auto`` is float32 on this CPU path.
     """
-    job = _ScoringJob(run_dir, k, users_file, keep_seen, chunk_size)
+    job = _ScoringJob(run_dir, k, users_file, keep_seen, chunk_size, retrieval, gallery)
+    if precision != "32":
+        from recsys.scoring.topk import scoring_dtype
+
+        job.dtype = scoring_dtype(precision, "cpu")
+    if explain or index != "exact":
+        from recsys.scoring.explain import attach_explicit
+
+        attach_explicit(job, Path(run_dir), explain=explain, index=index, index_options=index_options)
     if shard_users is None and num_shards == 1:
         return job.write(Path(out), job.rows)
     if not 0 <= shard_index < num_shards:
@@ -105,7 +155,13 @@ def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file:
 class _ScoringJob:
     """Everything a scoring pass needs, loaded once: vocabularies, exclusions, the score function."""
 
-    def __init__(self, run_dir, k, users_file, keep_seen, chunk_size) -> None:
+    #: set by :func:`recsys.scoring.explain.attach_explicit`: an explanation column, an inverted-index top-k.
+    explainer = None
+    index_topk = None
+    #: the score dtype of the top-k pass (float32 when None); see :func:`recsys.scoring.topk.iter_topk`.
+    dtype = None
+
+    def __init__(self, run_dir, k, users_file, keep_seen, chunk_size, retrieval=None, gallery=None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -128,13 +184,14 @@ class _ScoringJob:
             users = arrow_to_numpy(split.column("user"))[train]
             self.exclude = RowSets.from_pairs(users, arrow_to_numpy(split.column("item"))[train],
                                               len(self.user_vocab))
-        self.score_fn = _score_fn_for_run(d, d / "data")
+        self.score_fn = _score_fn_for_run(d, d / "data", retrieval, None if gallery is None else Path(gallery),
+                                          self.exclude)
         self.k, self.chunk_size = k, chunk_size
         self.schema = pa.schema([("user", _arrow_type(self.user_vocab)), ("item", _arrow_type(self.item_vocab)),
                                  ("rank", pa.int32()), ("score", pa.float32())])
 
-    def write(self, path: Path, rows: np.ndarray) -> int:
-        """Score ``rows`` and stream them into one Parquet file, replaced atomically."""
+    def write(self, path: Path, rows: np.ndarray, chunks=None) -> int:
+        """Stream the top-k of ``rows`` (scored here, or given as ``chunks``) into one Parquet file, atomically."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -143,15 +200,20 @@ class _ScoringJob:
 
         k, n = self.k, 0
         with atomic_path(path) as tmp, pq.ParquetWriter(tmp, self.schema) as writer:
-            for urows, idx, vals in iter_topk(self.score_fn, rows, len(self.item_vocab), k, self.exclude,
-                                              self.chunk_size):
+            topk_chunks = (chunks if chunks is not None else self.index_topk(rows) if self.index_topk is not None
+                           else iter_topk(self.score_fn, rows, len(self.item_vocab), k, self.exclude,
+                                          self.chunk_size, dtype=self.dtype))
+            for urows, idx, vals in topk_chunks:
                 idx, vals = idx.numpy(), vals.numpy()
                 keep = idx >= 0
                 u = np.broadcast_to(urows[:, None], idx.shape)[keep]
                 ranks = np.broadcast_to(np.arange(1, k + 1, dtype=np.int32), idx.shape)[keep]
                 cols = [self.user_vocab.decode(u), self.item_vocab.decode(idx[keep]), ranks,
                         vals[keep].astype(np.float32)]
-                writer.write_table(pa.Table.from_arrays([numpy_to_arrow(c) for c in cols], schema=self.schema))
+                arrays = [numpy_to_arrow(c) for c in cols]
+                if self.explainer is not None:
+                    arrays.append(self.explainer.column(u, idx[keep]))
+                writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
                 n += len(u)
         return n
 

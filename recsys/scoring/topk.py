@@ -2,6 +2,12 @@
 
 Buffers are allocated once per call and reused for every chunk; the chunk size comes from a memory budget.
 This one engine serves validation, ``recsys evaluate``, ``recsys score`` and the benchmarks.
+
+Precision: scores are float32 by default. With ``dtype=torch.bfloat16`` (``recsys score --precision bf16``, the
+``auto`` choice on CUDA devices with bf16 support) the GEMM and the top-k pass run in bf16 — half the memory
+traffic, tensor-core GEMMs — over a shortlist of ``2k`` candidates, which are then re-scored exactly in float32 and
+re-ranked, so the written scores are exact and the order within a list is the float32 order. On CPUs without bf16
+units (no AMX / AVX512-BF16) bf16 is slower than float32, so ``auto`` keeps float32 there.
 """
 
 from __future__ import annotations
@@ -19,9 +25,29 @@ if TYPE_CHECKING:
 ScoreFn = Callable[[Tensor, Tensor | None], Tensor]
 
 
-def chunk_size_for(n_items: int, memory_budget: int = 256 << 20, max_chunk: int = 8192) -> int:
-    """Users per chunk so that one float32 score block fits in ``memory_budget`` bytes."""
-    return int(max(1, min(max_chunk, memory_budget // max(1, 4 * n_items))))
+def chunk_size_for(n_items: int, memory_budget: int = 256 << 20, max_chunk: int = 8192, itemsize: int = 4) -> int:
+    """Users per chunk so that one score block of ``itemsize``-byte scores fits in ``memory_budget`` bytes."""
+    return int(max(1, min(max_chunk, memory_budget // max(1, itemsize * n_items))))
+
+
+def scoring_dtype(precision: str = "auto", device: str | torch.device = "cpu") -> torch.dtype:
+    """The score dtype for a ``--precision`` option: ``32``, ``bf16``, or ``auto`` (bf16 on CUDA with bf16 support).
+
+    Args:
+        precision: ``auto``, ``32`` / ``fp32`` / ``float32``, or ``bf16`` / ``bfloat16``.
+        device: where the scores are computed (``auto`` picks float32 on CPU).
+    """
+    p = str(precision).lower()
+    if p in ("32", "fp32", "float32", "32-true"):
+        return torch.float32
+    if p in ("bf16", "bfloat16", "bf16-true", "bf16-mixed"):
+        return torch.bfloat16
+    if p != "auto":
+        raise ValueError(f"precision must be auto, 32 or bf16, got {precision!r}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 class RowSets(NamedTuple):
@@ -53,11 +79,12 @@ def mask_rows_(scores: Tensor, exclude: sp.csr_matrix | RowSets, rows: np.ndarra
     # Gather the column indices of all selected CSR rows without a Python loop.
     offs = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
     c = exclude.indices[offs]
-    scores[torch.from_numpy(r), torch.from_numpy(c.astype(np.int64))] = float("-inf")
+    dev = scores.device
+    scores[torch.from_numpy(r).to(dev), torch.from_numpy(c.astype(np.int64)).to(dev)] = float("-inf")
 
 
 def iter_topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclude: sp.csr_matrix | None = None,
-              chunk_size: int | None = None, device: str | torch.device = "cpu"
+              chunk_size: int | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
               ) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
     """Yield ``(user_rows, top_items, top_scores)`` per chunk; excluded or missing slots are item -1.
 
@@ -69,21 +96,34 @@ def iter_topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclud
         exclude: user × item CSR of items never to recommend (e.g. training items); None keeps everything.
         chunk_size: users per chunk; derived from a 256 MiB budget when None.
         device: where the score buffer lives.
+        dtype: the score buffer's dtype (float32 when None). A lower precision (bf16) shortlists ``2k`` items per
+            user and, when ``score_fn`` has an ``exact(user_rows, items)`` method (as :func:`gemm_score_fn` does),
+            re-scores them in float32 and keeps the best ``k``; top scores are always returned as float32.
 
     Shapes:
         top_items, top_scores: [B, k] per chunk
     """
     users = np.asarray(users, dtype=np.int64)
-    chunk = chunk_size or chunk_size_for(n_items)
+    dtype = dtype or torch.float32
+    chunk = chunk_size or chunk_size_for(n_items, itemsize=torch.empty((), dtype=dtype).element_size())
     kk = min(k, n_items)
-    buf = torch.empty((min(chunk, max(1, len(users))), n_items), device=device)
+    exact = getattr(score_fn, "exact", None) if dtype != torch.float32 else None
+    # Low-precision scores tie and round; a 2k shortlist re-scored in float32 recovers the exact top k.
+    kshort = min(n_items, 2 * kk) if exact is not None else kk
+    buf = torch.empty((min(chunk, max(1, len(users))), n_items), device=device, dtype=dtype)
     for s in range(0, len(users), chunk):
         rows = users[s:s + chunk]
         out = buf[:len(rows)]
-        scores = score_fn(torch.from_numpy(rows).to(device), out)
+        rows_t = torch.from_numpy(rows).to(device)
+        scores = score_fn(rows_t, out)
         if exclude is not None:
             mask_rows_(scores, exclude, rows)
-        vals, idx = torch.topk(scores, kk, dim=1, sorted=True)
+        vals, idx = torch.topk(scores, kshort, dim=1, sorted=True)
+        if exact is not None:
+            fine = exact(rows_t, idx).masked_fill_(torch.isneginf(vals), float("-inf"))
+            vals, pos = torch.topk(fine, kk, dim=1, sorted=True)
+            idx = torch.gather(idx, 1, pos)
+        vals = vals.float()
         idx = torch.where(torch.isneginf(vals), torch.full_like(idx, -1), idx)
         if kk < k:
             pad = k - kk
@@ -111,13 +151,29 @@ def topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclude: sp
 def gemm_score_fn(queries: Tensor, items: Tensor) -> ScoreFn:
     """A score function over GEMM-ready tables: ``queries[rows] @ items.T``, written into the reusable buffer.
 
+    The GEMM runs in the dtype of ``out`` (tables are cast once, on first use, per dtype), and ``score.exact(rows,
+    cand)`` re-scores candidate items in float32 for the low-precision shortlist of :func:`iter_topk`.
+
     Shapes:
-        queries: [U, D]; items: [N, D]
+        queries: [U, D]; items: [N, D]; exact: rows [B], cand [B, C] -> [B, C]
     """
     items_t = items.T.contiguous()
+    cast: dict[torch.dtype, tuple[Tensor, Tensor]] = {queries.dtype: (queries, items_t)}
+
+    def tables(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if dtype not in cast:
+            cast[dtype] = (queries.to(dtype), items_t.to(dtype))
+        return cast[dtype]
 
     def score(rows: Tensor, out: Tensor | None) -> Tensor:
-        q = queries[rows]
-        return torch.mm(q, items_t, out=out) if out is not None else q @ items_t
+        if out is None:
+            return queries[rows] @ items_t
+        q_table, i_table = tables(out.dtype)
+        return torch.mm(q_table[rows], i_table, out=out)
 
+    def exact(rows: Tensor, cand: Tensor) -> Tensor:
+        q = queries[rows].float()
+        return torch.einsum("bd,bcd->bc", q, items[cand.clamp(min=0)].float())
+
+    score.exact = exact
     return score

@@ -266,7 +266,8 @@ class LMEncoder:
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(texts), desc="LM encoding", unit="text", leave=False)
+            # disable=None: a bar on a terminal, none in log files (a non-TTY gets every refresh as text).
+            bar = tqdm(total=len(texts), desc="LM encoding", unit="text", leave=False, disable=None)
         try:
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]

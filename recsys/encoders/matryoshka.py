@@ -1,0 +1,48 @@
+"""Matryoshka embeddings: serve any encoder at a prefix of its dimensions.
+
+Training with :class:`recsys.losses.MatryoshkaLoss` makes every prefix ``d/8, d/4, d/2, d`` a usable embedding on
+its own; this wrapper then serves one prefix, so a cheaper model is a config (or ``--dim``) change, not a retrain.
+
+Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022; Li et al., "2D Matryoshka Sentence
+Embeddings", 2024 (prefixes over dimensions only here, not over layers).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from recsys.encoders.base import RecEncoder
+from recsys.encoders.wrapper import EncoderWrapper
+
+
+def default_prefix_dims(dim: int) -> list[int]:
+    """``{d/8, d/4, d/2, d}``, without sizes below 1 or repeats."""
+    return sorted({max(1, dim // f) for f in (8, 4, 2, 1)})
+
+
+class Matryoshka(EncoderWrapper):
+    """Truncates both sides' embeddings to their first ``dim`` coordinates.
+
+    The scorer is applied after truncation, so a cosine model is re-normalised at the prefix, as MRL serves it.
+
+    Args:
+        encoder: the wrapped encoder (trained with a nested loss for the prefix to be good).
+        dim: the served prefix size; None serves all ``encoder.out_dim`` dimensions.
+
+    Shapes:
+        batch.users: [B]; batch.items: [B, C] -> (query [B, dim], items [B, C, dim])
+    """
+
+    def __init__(self, encoder: RecEncoder, dim: int | None = None) -> None:
+        super().__init__(encoder)
+        self.set_dim(dim)
+
+    def set_dim(self, dim: int | None) -> None:
+        """Serve a different prefix (no parameters change)."""
+        if dim is not None and not 0 < dim <= self.encoder.out_dim:
+            raise ValueError(f"prefix dim must be in [1, {self.encoder.out_dim}], got {dim}")
+        self.dim = dim
+        self.out_dim = dim or self.encoder.out_dim
+
+    def transform(self, x: Tensor, side: str) -> Tensor:
+        return x if self.dim is None else x[..., :self.dim]

@@ -1,0 +1,183 @@
+"""Batch scoring on Lightning's ``trainer.predict``: DDP over devices and nodes, one user shard per predict step.
+
+Each predict step scores one shard of users (its top-k, on the module's device); a ``BasePredictionWriter`` on the
+rank that scored it writes the shard exactly as ``recsys score --shard-users`` does (same Parquet bytes, same
+``.json`` sidecar), and rank 0 writes ``manifest.json`` once every rank is done. Lightning's predict sampler gives
+shard ``p`` to rank ``p % world_size`` without padding, so no shard is written twice. A rerun verifies and skips
+complete shards, like the plain path. This module imports Lightning; ``recsys score`` imports it only when a
+``--trainer.*`` option is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from recsys.scoring.batch import _ScoringJob, _shard_is_complete, _write_manifest, _write_sidecar
+
+#: users per shard when ``--shard-users`` is not given (independent of the world size, so a rerun on another
+#: number of devices still finds and verifies the same shards).
+DEFAULT_SHARD_USERS = 50_000
+
+
+class _ShardLayout:
+    """Where shard ``p`` lives and which user rows it covers."""
+
+    def __init__(self, out: Path, rows: np.ndarray, per: int) -> None:
+        self.out, self.rows, self.per = out, rows, per
+        self.n_parts = max(1, math.ceil(len(rows) / per))
+
+    def path(self, p: int) -> Path:
+        return self.out / f"part-{p:05d}.parquet"
+
+    def users(self, p: int) -> np.ndarray:
+        return self.rows[p * self.per:(p + 1) * self.per]
+
+
+class _ShardIndex(Dataset):
+    """The shard numbers ``0..n-1``: one predict step each."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _first(batch: list[int]) -> int:
+    return batch[0]
+
+
+class ScoringModule(L.LightningModule):
+    """The scoring pass as a LightningModule: ``predict_step(p)`` is shard ``p``'s top-k (None if already done).
+
+    Stored GEMM-ready tables are buffers, so Lightning moves them to the rank's device; other models score with
+    their rebuilt score function on the CPU.
+
+    Args:
+        job: the loaded scoring job (vocabularies, exclusions, score function).
+        layout: the shard layout.
+        tables: ``(queries, items)`` of the run, or None.
+        precision: ``auto`` (bf16 on CUDA with bf16 support, else float32), ``32`` or ``bf16``.
+
+    Shapes:
+        tables: queries [U, D], items [N, D]
+    """
+
+    def __init__(self, job: _ScoringJob, layout: _ShardLayout, tables=None, precision: str = "auto") -> None:
+        super().__init__()
+        self.job, self.layout, self.precision_option = job, layout, precision
+        self.has_tables = tables is not None
+        if self.has_tables:
+            self.register_buffer("queries", tables[0], persistent=False)
+            self.register_buffer("items", tables[1], persistent=False)
+
+    def predict_step(self, batch: int, batch_idx: int):
+        from recsys.scoring.topk import gemm_score_fn, iter_topk, scoring_dtype
+
+        p = int(batch)
+        if p >= self.layout.n_parts:  # padding, so that every rank has a step
+            return None
+        users = self.layout.users(p)
+        if _shard_is_complete(self.layout.path(p), len(users)):
+            return None
+        job = self.job
+        device = self.device if self.has_tables else torch.device("cpu")
+        score_fn = gemm_score_fn(self.queries, self.items) if self.has_tables else job.score_fn
+        dtype = scoring_dtype(self.precision_option, device)
+        chunks = [(u, idx.cpu(), vals.cpu()) for u, idx, vals in
+                  iter_topk(score_fn, users, len(job.item_vocab), job.k, job.exclude, job.chunk_size, device, dtype)]
+        return p, users, chunks
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each predicted shard atomically, with its sidecar, on the rank that scored it.
+
+    Args:
+        job: the scoring job (its ``write`` streams the Parquet file).
+        layout: the shard layout.
+    """
+
+    def __init__(self, job: _ScoringJob, layout: _ShardLayout) -> None:
+        super().__init__(write_interval="batch")
+        self.job, self.layout, self.rows_written = job, layout, 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        if prediction is None:
+            return
+        p, users, chunks = prediction
+        path = self.layout.path(p)
+        n = self.job.write(path, users, chunks)
+        _write_sidecar(path, n, users)
+        self.rows_written += n
+
+
+def predict_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file: str | Path | None = None,
+                keep_seen: bool = False, chunk_size: int | None = None, shard_users: int | None = None,
+                precision: str = "auto", trainer: dict | None = None) -> int:
+    """Score a run with ``trainer.predict`` into a directory of Parquet shards; returns rows written by this rank.
+
+    The output equals ``score_run(..., shard_users=shard_users)`` shard for shard. Run it once per process as
+    Lightning expects (``recsys score ... --trainer.strategy ddp --trainer.devices N``, or under torchrun / SLURM
+    with ``--trainer.num_nodes``).
+
+    Args:
+        run_dir: a finished ``recsys fit`` run.
+        out: the output directory of ``part-NNNNN.parquet`` shards, sidecars and ``manifest.json``.
+        k: list length.
+        users_file: external user IDs to score (all users when None).
+        keep_seen: keep training items in the lists.
+        chunk_size: users per GEMM chunk (from a memory budget when None).
+        shard_users: users per shard (:data:`DEFAULT_SHARD_USERS` when None).
+        precision: ``auto`` (bf16 on CUDA with bf16 support, float32 elsewhere), ``32`` or ``bf16``.
+        trainer: keyword arguments of ``lightning.Trainer`` (strategy, devices, accelerator, num_nodes, ...).
+    """
+    from recsys.runs import MODEL_FILE, load_checkpoint
+
+    job = _ScoringJob(run_dir, k, users_file, keep_seen, chunk_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # No rank writes before all ranks have joined the process group inside trainer.predict, so each rank may
+    # remove temp files of a killed earlier run here.
+    for stale in out.glob(".part-*.tmp"):
+        stale.unlink(missing_ok=True)
+    layout = _ShardLayout(out, job.rows, shard_users or DEFAULT_SHARD_USERS)
+    ckpt = load_checkpoint(Path(run_dir) / MODEL_FILE)
+    tables = (ckpt["tables"]["queries"], ckpt["tables"]["items"]) if "tables" in ckpt else None
+    module = ScoringModule(job, layout, tables, precision)
+    writer = ShardWriter(job, layout)
+    targs = dict(trainer or {})
+    targs["callbacks"] = [*list(targs.get("callbacks") or []), writer]
+    if targs.get("logger") in (None, True):
+        targs["logger"] = False
+    targs.setdefault("default_root_dir", str(out))
+    targs["enable_checkpointing"] = False
+    pl_trainer = L.Trainer(**targs)
+    # Lightning's predict sampler needs at least one index per rank: pad with no-op steps when shards are fewer.
+    loader = DataLoader(_ShardIndex(max(layout.n_parts, pl_trainer.world_size)), batch_size=1, shuffle=False,
+                        collate_fn=_first)
+    import warnings
+
+    # A skipped (already complete) shard predicts None on purpose.
+    warnings.filterwarnings("ignore", message=".*predict returned None.*")
+    pl_trainer.predict(module, dataloaders=loader, return_predictions=False)
+    # Every rank's shards are on disk before rank 0 lists them for the manifest.
+    pl_trainer.strategy.barrier("recsys-scoring-manifest")
+    if pl_trainer.is_global_zero:
+        _write_manifest(out, layout.n_parts, job.k)
+    return writer.rows_written
+
+
+def read_manifest(out: str | Path) -> dict:
+    """The ``manifest.json`` of a sharded scoring directory."""
+    return json.loads((Path(out) / "manifest.json").read_text())

@@ -1,0 +1,310 @@
+"""Factorization wrappers (Matryoshka, low-rank, binary, quantized, BT²-compatible) around MF and LightGCN."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import fit_args
+
+from recsys.cli import main
+from recsys.data.batch import Batch
+from recsys.encoders import (
+    BinaryCodes,
+    Compatible,
+    LatentQuantization,
+    LightGCN,
+    LowRank,
+    MatrixFactorization,
+    Matryoshka,
+)
+from recsys.losses import BPRLoss, MatryoshkaLoss
+from recsys.scoring.cascade import Retrieval, hamming_distances, pack_bits, prefix_tables
+from recsys.testing import EncoderConformance, checkerboard
+
+INNER = {"mf": lambda d: MatrixFactorization(dim=d), "lightgcn": lambda d: LightGCN(dim=d, n_layers=2)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The encoders here are tiny: a second OpenMP thread costs more than it saves on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# Composition: every wrapper around MF and around LightGCN passes the shared encoder contract.
+class TestMatryoshkaMF(EncoderConformance):
+    def make_encoder(self):
+        return Matryoshka(INNER["mf"](16), dim=8)
+
+
+class TestMatryoshkaLightGCN(EncoderConformance):
+    def make_encoder(self):
+        return Matryoshka(INNER["lightgcn"](16), dim=8)
+
+
+class TestLowRankMF(EncoderConformance):
+    def make_encoder(self):
+        return LowRank(INNER["mf"](8), dim=16)
+
+
+class TestLowRankLightGCN(EncoderConformance):
+    def make_encoder(self):
+        return LowRank(INNER["lightgcn"](8), dim=16)
+
+
+class TestBinaryMF(EncoderConformance):
+    def make_encoder(self):
+        return BinaryCodes(INNER["mf"](16))
+
+
+class TestBinaryLightGCN(EncoderConformance):
+    def make_encoder(self):
+        return BinaryCodes(INNER["lightgcn"](16))
+
+
+class TestQuantizedMF(EncoderConformance):
+    def make_encoder(self):
+        return LatentQuantization(INNER["mf"](8), levels=8)
+
+
+class TestQuantizedLightGCN(EncoderConformance):
+    def make_encoder(self):
+        return LatentQuantization(INNER["lightgcn"](8), levels=8, sides="both")
+
+
+class TestCompatibleMF(EncoderConformance):
+    def make_encoder(self):
+        return Compatible(INNER["mf"](12), old=MatrixFactorization(dim=8))
+
+
+class TestCompatibleLightGCN(EncoderConformance):
+    def make_encoder(self):
+        return Compatible(INNER["lightgcn"](12), old=MatrixFactorization(dim=8))
+
+
+class TestStackedWrappers(EncoderConformance):
+    """Wrappers compose with each other: a Matryoshka prefix of a low-rank table."""
+
+    def make_encoder(self):
+        return Matryoshka(LowRank(INNER["mf"](8), dim=16), dim=8)
+
+
+# Behaviour of each wrapper.
+def _bound(enc, seed=0):
+    torch.manual_seed(seed)
+    data = checkerboard()
+    enc.bind(data)
+    return enc, data
+
+
+def _batch(data, n=8, c=4):
+    return Batch(torch.arange(n), torch.randint(0, data.n_items, (n, c)))
+
+
+def test_matryoshka_serves_the_prefix():
+    enc, data = _bound(Matryoshka(MatrixFactorization(dim=16)))
+    full = enc.item_table()
+    enc.set_dim(4)
+    assert enc.out_dim == 4
+    torch.testing.assert_close(enc.item_table(), full[:, :4])
+    with pytest.raises(ValueError):
+        enc.set_dim(17)
+
+
+def test_matryoshka_loss_sums_prefix_losses():
+    loss = MatryoshkaLoss(weights=[1.0, 2.0, 1.0, 0.5])
+    assert loss.prefix_dims(64) == [8, 16, 32, 64]
+    seen = []
+
+    def scores_at(d):
+        seen.append(d)
+        return torch.full((3,), float(d)), torch.zeros(3, 2)
+
+    got = loss.nested(scores_at, 64)
+    bpr = BPRLoss()
+    want = sum(w * bpr(torch.full((3,), float(d)), torch.zeros(3, 2)) for d, w in zip([8, 16, 32, 64],
+                                                                                       [1.0, 2.0, 1.0, 0.5]))
+    assert seen == [8, 16, 32, 64]
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError):
+        MatryoshkaLoss(dims=[8, 16], weights=[1.0])
+
+
+@pytest.mark.parametrize("negatives", ["sampled", "in_batch", "full"])
+def test_model_trains_a_nested_loss_under_every_negatives_mode(negatives):
+    from recsys.model import RecModel
+
+    enc, data = _bound(MatrixFactorization(dim=16))
+    model = RecModel(enc, loss=MatryoshkaLoss(), negatives=negatives)
+    model.data = data
+    batch = _batch(data)
+    emb = model.embed(batch)
+    total = model.loss.nested(lambda d: model.scores(batch, emb, d), 16)
+    parts = [model.loss.base(*model.scores(batch, emb, d)) for d in (2, 4, 8, 16)]
+    torch.testing.assert_close(total, sum(parts))
+    total.backward()
+    assert enc.user.table.weight.grad is not None
+
+
+def test_lowrank_truncation_and_parameter_count():
+    enc, data = _bound(LowRank(MatrixFactorization(dim=8), dim=16))
+    enc.eval()
+    a = enc.encoder.item_table()
+    for r in (2, 4, 8):
+        enc.set_rank(r)
+        torch.testing.assert_close(enc.item_table(), a[:, :r] @ enc.basis[:r])
+        assert enc.bytes_per_item() == 4 * r
+    assert enc.parameter_count(2, n_rows=100) == 100 * 2 + 2 * 16
+    with pytest.raises(ValueError):
+        enc.set_rank(9)
+
+
+def test_lowrank_ordered_dropout_truncates_training_steps():
+    enc, data = _bound(LowRank(MatrixFactorization(dim=8), dim=16, p_full=0.0, min_rank=1))
+    enc.train()
+    batch = _batch(data)
+    ranks = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        q, _ = enc(batch)
+        # The rank of the query block is the sampled rank (generically, with random A and B).
+        ranks.add(int(torch.linalg.matrix_rank(q.detach())))
+    assert len(ranks) > 3 and min(ranks) < 8
+
+
+def test_binary_codes_loss_and_ste_gradient():
+    enc, data = _bound(BinaryCodes(MatrixFactorization(dim=16)))
+    enc.train()
+    batch = _batch(data)
+    q, c = enc(batch)
+    aux = enc.auxiliary_loss(batch)
+    assert aux.ndim == 0 and torch.isfinite(aux)
+    aux.backward()
+    assert enc.encoder.user.table.weight.grad.abs().sum() > 0
+    # One candidate per row (in-batch negatives): the other rows' positives are the negatives.
+    one = Batch(torch.arange(8), torch.randint(0, data.n_items, (8, 1)))
+    enc(one)
+    assert torch.isfinite(enc.auxiliary_loss(one))
+
+
+def test_pack_bits_and_hamming_match_dense():
+    rng = np.random.default_rng(0)
+    q, i = rng.standard_normal((5, 70)), rng.standard_normal((40, 70))
+    qb, ib = pack_bits(q), pack_bits(i)
+    assert qb.shape == (5, 9) and qb.dtype == np.uint8
+    want = ((q[:, None] >= 0) != (i[None] >= 0)).sum(-1)
+    np.testing.assert_array_equal(hamming_distances(qb, ib, query_block=2, item_block=16), want)
+    # ±1 codes: inner product = D − 2·Hamming.
+    sq, si = np.where(q >= 0, 1, -1), np.where(i >= 0, 1, -1)
+    np.testing.assert_array_equal(sq @ si.T, 70 - 2 * want)
+
+
+def test_cascades_with_full_shortlist_equal_exact_scoring():
+    torch.manual_seed(0)
+    q, i = torch.randn(6, 16), torch.randn(30, 16)
+    rows = torch.arange(6)
+    exact = q @ i.T
+    for r in (Retrieval(coarse_dim=4, shortlist=30), Retrieval(hamming=True, shortlist=30)):
+        torch.testing.assert_close(r.score_fn(q, i)(rows, None), exact)
+    short = Retrieval(coarse_dim=4, shortlist=5).score_fn(q, i)(rows, None)
+    assert (torch.isfinite(short).sum(1) == 5).all()
+    kept = torch.isfinite(short)
+    torch.testing.assert_close(short[kept], exact[kept])
+    pq, pi = prefix_tables(q, i, 4, normalize=True)
+    torch.testing.assert_close(pq.norm(dim=1), torch.ones(6))
+    torch.testing.assert_close(Retrieval(dim=4).score_fn(q, i)(rows, None), q[:, :4] @ i[:, :4].T)
+
+
+def test_cascade_masks_exclusions_before_the_shortlist():
+    from recsys.scoring.topk import RowSets
+
+    q, i = torch.ones(1, 4), torch.arange(10, dtype=torch.float32)[:, None].repeat(1, 4)
+    exclude = RowSets.from_pairs(np.zeros(3, dtype=np.int64), np.array([9, 8, 7]), 1)
+    s = Retrieval(coarse_dim=2, shortlist=3).score_fn(q, i, exclude)(torch.tensor([0]), None)
+    assert torch.isfinite(s[0]).nonzero().flatten().tolist() == [4, 5, 6]
+    # Hamming shortlists (integer similarities) mask the same way: items 0..2 share the query's signs.
+    qh = torch.ones(1, 8)
+    ih = torch.cat([torch.ones(3, 8), -torch.ones(7, 8)])
+    excl = RowSets.from_pairs(np.zeros(2, dtype=np.int64), np.array([0, 1]), 1)
+    s = Retrieval(hamming=True, shortlist=1).score_fn(qh, ih, excl)(torch.tensor([0]), None)
+    assert torch.isfinite(s[0]).nonzero().flatten().tolist() == [2]
+
+
+def test_quantized_items_use_at_most_levels_values():
+    enc, data = _bound(LatentQuantization(MatrixFactorization(dim=8), levels=4))
+    enc.eval()
+    table = enc.item_table()
+    for d in range(8):
+        assert len(torch.unique(table[:, d])) <= 4
+    assert enc.bytes_per_item() == 8 * 2 / 8
+    batch = _batch(data)
+    q, _ = enc(batch)
+    torch.testing.assert_close(q, enc.encoder.encode_queries(batch))  # queries stay float
+    enc.train()
+    enc(batch)
+    aux = enc.auxiliary_loss(batch)
+    aux.backward()
+    assert enc.codebook.grad is not None and enc.codebook.grad.abs().sum() > 0
+
+
+def test_compatible_basis_is_orthonormal_and_preserves_new_scores():
+    old = MatrixFactorization(dim=4)
+    enc, data = _bound(Compatible(MatrixFactorization(dim=8), old=old))
+    w = enc.basis.weight
+    torch.testing.assert_close(w @ w.T, torch.eye(8), atol=1e-5, rtol=0)
+    assert enc.old_items.shape == (data.n_items, 4) and enc.old_dim == 4
+    batch = _batch(data)
+    enc.eval()
+    q, c = enc(batch)
+    iq, ic = enc.encoder(batch)
+    torch.testing.assert_close((c @ q.unsqueeze(-1)), (ic @ iq.unsqueeze(-1)), atol=1e-5, rtol=1e-4)
+    enc.train()
+    enc(batch)
+    aux = enc.auxiliary_loss(batch)
+    aux.backward()
+    assert enc.encoder.user.table.weight.grad.abs().sum() > 0
+    assert "old_items" not in enc.state_dict()
+
+
+# End to end: configs train through the CLI; evaluate and score take the retrieval options.
+def test_compatible_upgrade_scores_new_queries_against_the_old_gallery(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert main(fit_args("mf_bpr.yaml", old, "--model.init_args.encoder.init_args.dim", "8")) == 0
+    assert main(fit_args("mf_compatible.yaml", new,
+                         "--model.init_args.encoder.init_args.old_run", str(old))) == 0
+    assert main(["evaluate", "--run-dir", str(new), "--gallery", str(old), "--out", str(tmp_path / "x.json")]) == 0
+    m = json.loads((tmp_path / "x.json").read_text())
+    assert 0.0 <= m["ndcg@20"] <= 1.0
+    assert main(["score", "--run-dir", str(new), "--gallery", str(old), "--k", "5",
+                 "--out", str(tmp_path / "s.parquet")]) == 0
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "s.parquet").num_rows > 0
+
+
+def test_evaluate_and_score_at_a_prefix_and_by_cascade(tmp_path):
+    run = tmp_path / "m"
+    assert main(fit_args("mf_matryoshka.yaml", run)) == 0
+    for extra, tag in ((["--dim", "16"], "dim16"), (["--coarse-dim", "8", "--shortlist", "50"], "coarse8x50"),
+                       (["--hamming", "--shortlist", "50"], "hamming50"), (["--hamming", "--codes-only"], "hamming")):
+        assert main(["evaluate", "--run-dir", str(run), *extra]) == 0
+        m = json.loads((run / f"eval_test_{tag}.json").read_text())
+        assert 0.0 <= m["ndcg@20"] <= 1.0
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "s.parquet"
+    assert main(["score", "--run-dir", str(run), "--dim", "16", "--k", "7", "--out", str(out)]) == 0
+    t = pq.read_table(out).to_pandas()
+    assert t.groupby("user").size().max() == 7
+    # --dim scores with the prefix of the stored tables.
+    from recsys.data.vocab import Vocabulary
+    from recsys.runs import load_checkpoint
+
+    tables = load_checkpoint(run / "model.pt")["tables"]
+    users = Vocabulary.load(run / "data/user_vocab.parquet", "user").encode(t.user.to_numpy())
+    items = Vocabulary.load(run / "data/item_vocab.parquet", "item").encode(t.item.to_numpy())
+    want = (tables["queries"][users, :16] * tables["items"][items, :16]).sum(1).numpy()
+    np.testing.assert_allclose(t.score.to_numpy(), want, rtol=1e-4, atol=1e-5)

@@ -295,14 +295,15 @@ def cmd_score(argv: list[str]) -> int:
     a, rest = p.parse_known_args(argv)
     if rest:
         return _score_lightning(p, a, rest)
-    if a.index != "exact" and (_retrieval(a) is not None or a.gallery):
+    retrieval = _retrieval(a)
+    if a.index != "exact" and (retrieval is not None or a.gallery):
         p.error("--index seismic cannot be combined with --dim, --coarse-dim, --hamming or --gallery")
     from recsys.scoring.batch import score_run
 
     t = time.perf_counter()
     n = score_run(a.run_dir, a.out, k=a.k, users_file=a.users, keep_seen=a.keep_seen, chunk_size=a.chunk_size,
                   shard_users=a.shard_users, num_shards=a.num_shards, shard_index=a.shard_index,
-                  retrieval=_retrieval(a), gallery=a.gallery, explain=a.explain, index=a.index,
+                  retrieval=retrieval, gallery=a.gallery, explain=a.explain, index=a.index,
                   index_options=json.loads(a.index_options) if a.index_options else None, precision=a.precision)
     print(f"[recsys] wrote {n} rows to {a.out} in {time.perf_counter() - t:.2f} s")
     return 0

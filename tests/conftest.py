@@ -15,6 +15,17 @@ TINY_SYNTHETIC = "{n_users: 150, n_items: 80, n_interactions: 3000}"
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny tensors: on a shared CPU, waking a second OpenMP thread costs more than the work it would share."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def ml_small() -> Path:
     if not (ML_SMALL / "ratings.csv").exists():
         pytest.skip("../shared/datasets/ml-latest-small is not available")

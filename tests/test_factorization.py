@@ -25,13 +25,7 @@ from recsys.testing import EncoderConformance, checkerboard
 INNER = {"mf": lambda d: MatrixFactorization(dim=d), "lightgcn": lambda d: LightGCN(dim=d, n_layers=2)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The encoders here are tiny: a second OpenMP thread costs more than it saves on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Composition: every wrapper around MF and around LightGCN passes the shared encoder contract.

@@ -20,13 +20,7 @@ from recsys.testing import EncoderConformance, checkerboard
 ADJACENCIES = [("sym", False), ("left", True)]  # NGCF paper / LightGCN, and the official NGCF code
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Graphs here are tiny: on a shared CPU, waking a second OpenMP thread costs more than the product itself."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_train(seed: int = 0, n_users: int = 6, n_items: int = 8) -> sp.csr_matrix:

@@ -25,13 +25,7 @@ GOLDEN = [int(b) for b in UniversalHash(1000, 0, ("genres", 1)).hash_values(VALU
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: a second intra-op thread only adds spin-waits on a shared machine (10x slower here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------------- hashing

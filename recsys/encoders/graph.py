@@ -155,14 +155,19 @@ def spmm(a: Tensor, at: Tensor, x: Tensor) -> Tensor:
 
 
 def _horner(a: Tensor, x: Tensor, alpha: tuple[float, ...]) -> Tensor:
-    # Σ_l α_l A^l x = α_0 x + A(α_1 x + A(… + α_L A x)): every step is one fused ``β x + γ A h`` sparse addmm, and
-    # the innermost one reads x itself (γ = α_L), so no pass is spent scaling x first.
+    # Σ_l α_l A^l x = α_L (A(… A(A x + c_{L-1} x) …) + c_0 x) with c_l = α_l / α_L. Each step is a beta=0 product
+    # into fresh memory plus an in-place axpy: on CPU ~30 % faster than a sparse ``addmm`` with beta != 0.
+    while len(alpha) > 1 and alpha[-1] == 0.0:
+        alpha = alpha[:-1]
     if len(alpha) == 1:
         return x * alpha[0]
-    h = torch.addmm(x, a, x, beta=alpha[-2], alpha=alpha[-1])
-    for c in reversed(alpha[:-2]):
-        h = torch.addmm(x, a, h, beta=c)
-    return h
+    last = alpha[-1]
+    h = x
+    for c in reversed(alpha[:-1]):
+        h = sparse_mm(a, h)
+        if c != 0.0:
+            h.add_(x, alpha=c / last)
+    return h.mul_(last) if last != 1.0 else h
 
 
 class SparsePolynomial(torch.autograd.Function):

@@ -302,3 +302,31 @@ def test_evaluate_and_score_at_a_prefix_and_by_cascade(tmp_path):
     items = Vocabulary.load(run / "data/item_vocab.parquet", "item").encode(t.item.to_numpy())
     want = (tables["queries"][users, :16] * tables["items"][items, :16]).sum(1).numpy()
     np.testing.assert_allclose(t.score.to_numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("retrieval", [Retrieval(coarse_dim=4, shortlist=7), Retrieval(hamming=True, shortlist=7),
+                                       Retrieval(hamming=True, shortlist=3)])
+def test_topk_ranks_a_cascade_shortlist_like_its_dense_scores(retrieval):
+    # iter_topk takes the cascade's candidates directly; the result must equal ranking its dense [B, N] scores.
+    import scipy.sparse as sp
+
+    from recsys.scoring.topk import topk
+
+    torch.manual_seed(1)
+    q, i = torch.randn(9, 16), torch.randn(40, 16)
+    users = np.arange(9)
+    exclude = sp.random(9, 40, density=0.2, format="csr", random_state=0)
+    fn = retrieval.score_fn(q, i, exclude)
+    assert getattr(fn, "candidates", None) is not None
+    items, scores = topk(fn, users, 40, 5, exclude)
+    dense = fn(torch.from_numpy(users), None)
+    want_scores, want_items = torch.topk(dense, 5, dim=1)
+    finite = torch.isfinite(want_scores)
+    np.testing.assert_allclose(scores[finite.numpy()], want_scores[finite].numpy(), rtol=1e-6)
+    assert (items[~finite.numpy()] == -1).all()
+    for u in users:  # no excluded item is ever returned
+        assert not set(items[u][items[u] >= 0]) & set(exclude[u].indices)
+    # A score function built with other exclusions falls back to the dense path (and is masked by the engine).
+    items2, _ = topk(retrieval.score_fn(q, i), users, 40, 5, exclude)
+    for u in users:
+        assert not set(items2[u][items2[u] >= 0]) & set(exclude[u].indices)

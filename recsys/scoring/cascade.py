@@ -118,15 +118,15 @@ def _as_words(bits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bits).view(np.uint64)
 
 
-def shortlist_rescore(coarse: Tensor, queries: Tensor, items: Tensor, rows: Tensor, shortlist: int,
-                      exclude=None, out: Tensor | None = None) -> Tensor:
-    """Keep each row's ``shortlist`` best coarse scores and give them exact scores; ``-inf`` elsewhere.
+def shortlist_candidates(coarse: Tensor, queries: Tensor, items: Tensor, rows: Tensor, shortlist: int,
+                         exclude=None) -> tuple[Tensor, Tensor]:
+    """Each row's ``shortlist`` best coarse candidates and their exact scores (``-inf`` for excluded ones).
 
     Excluded items (``exclude[rows]``, e.g. training items) are masked before the shortlist so that they take no
     shortlist slots.
 
     Shapes:
-        coarse: [B, N]; queries: [U, D]; items: [N, D]; rows: [B] -> [B, N]
+        coarse: [B, N]; queries: [U, D]; items: [N, D]; rows: [B] -> (candidates [B, m], scores [B, m])
     """
     # Integer coarse scores (Hamming similarities, all ≥ 1) stay integer: converting [B, N] to float costs about as
     # much as the Hamming kernel. 0 then marks excluded items.
@@ -139,10 +139,29 @@ def shortlist_rescore(coarse: Tensor, queries: Tensor, items: Tensor, rows: Tens
     m = min(shortlist, coarse.shape[1])
     cand = torch.topk(coarse, m, dim=1, sorted=False).indices
     fine = torch.bmm(items[cand], queries[rows].unsqueeze(-1)).squeeze(-1)
-    fine = fine.masked_fill(coarse.gather(1, cand) == floor, float("-inf"))
+    return cand, fine.masked_fill(coarse.gather(1, cand) == floor, float("-inf"))
+
+
+def shortlist_rescore(coarse: Tensor, queries: Tensor, items: Tensor, rows: Tensor, shortlist: int,
+                      exclude=None, out: Tensor | None = None) -> Tensor:
+    """Keep each row's ``shortlist`` best coarse scores and give them exact scores; ``-inf`` elsewhere.
+
+    The dense form of :func:`shortlist_candidates` (the ``ScoreFn`` contract); ``iter_topk`` uses the candidates
+    directly and skips the [B, N] fill, scatter and top-k.
+
+    Shapes:
+        coarse: [B, N]; queries: [U, D]; items: [N, D]; rows: [B] -> [B, N]
+    """
+    cand, fine = shortlist_candidates(coarse, queries, items, rows, shortlist, exclude)
     result = out if out is not None else fine.new_empty(coarse.shape)
     result.fill_(float("-inf"))
     return result.scatter_(1, cand, fine.to(result.dtype))
+
+
+def _with_candidates(score: ScoreFn, candidates, exclude) -> ScoreFn:
+    # The sparse side door of a cascade: iter_topk ranks the shortlist itself when the exclusions match its own.
+    score.candidates, score.exclude = candidates, exclude
+    return score
 
 
 def _mask_integer_rows_(scores: Tensor, exclude, rows: np.ndarray) -> None:
@@ -170,7 +189,10 @@ def prefix_cascade_fn(queries: Tensor, items: Tensor, coarse_dim: int, shortlist
     def score(rows: Tensor, out: Tensor | None) -> Tensor:
         return shortlist_rescore(cq[rows] @ ci_t, queries, items, rows, shortlist, exclude, out)
 
-    return score
+    def candidates(rows: Tensor) -> tuple[Tensor, Tensor]:
+        return shortlist_candidates(cq[rows] @ ci_t, queries, items, rows, shortlist, exclude)
+
+    return _with_candidates(score, candidates, exclude)
 
 
 def hamming_cascade_fn(queries: Tensor, items: Tensor, shortlist: int, exclude=None, bits: int | None = None
@@ -194,7 +216,11 @@ def hamming_cascade_fn(queries: Tensor, items: Tensor, shortlist: int, exclude=N
         return shortlist_rescore(hamming_similarities(q_bits[r], i_bits), queries, items, rows, shortlist, exclude,
                                  out)
 
-    return score
+    def candidates(rows: Tensor) -> tuple[Tensor, Tensor]:
+        coarse = hamming_similarities(q_bits[rows.cpu().numpy()], i_bits)
+        return shortlist_candidates(coarse, queries, items, rows, shortlist, exclude)
+
+    return _with_candidates(score, candidates, exclude)
 
 
 def hamming_similarities(q_bits: np.ndarray, item_bits: np.ndarray) -> Tensor:

@@ -90,6 +90,8 @@ def iter_topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclud
 
     Args:
         score_fn: ``score_fn(user_rows, out)`` returns scores ``[B, n_items]``, written into ``out`` when given.
+            A cascade may also offer ``candidates(user_rows) -> (items [B, m], scores [B, m])`` with its own
+            ``exclude``; when that is ``exclude`` itself, the shortlist is ranked directly (no [B, n_items] pass).
         users: the user rows to rank for.
         n_items: catalogue size.
         k: list length.
@@ -110,12 +112,21 @@ def iter_topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclud
     exact = getattr(score_fn, "exact", None) if dtype != torch.float32 else None
     # Low-precision scores tie and round; a 2k shortlist re-scored in float32 recovers the exact top k.
     kshort = min(n_items, 2 * kk) if exact is not None else kk
-    buf = torch.empty((min(chunk, max(1, len(users))), n_items), device=device, dtype=dtype)
+    candidates = getattr(score_fn, "candidates", None)
+    if candidates is not None and getattr(score_fn, "exclude", None) is not exclude:
+        candidates = None  # the cascade masked other items than asked: rank its dense scores instead
+    buf = None if candidates is not None else torch.empty((min(chunk, max(1, len(users))), n_items),
+                                                          device=device, dtype=dtype)
     for s in range(0, len(users), chunk):
         rows = users[s:s + chunk]
-        out = buf[:len(rows)]
         rows_t = torch.from_numpy(rows).to(device)
-        scores = score_fn(rows_t, out)
+        if candidates is not None:
+            cand, cand_scores = candidates(rows_t)
+            vals, pos = torch.topk(cand_scores.float(), min(kk, cand.shape[1]), dim=1, sorted=True)
+            idx = torch.gather(cand, 1, pos)
+            yield (rows, *_pad(idx, vals, k))
+            continue
+        scores = score_fn(rows_t, buf[:len(rows)])
         if exclude is not None:
             mask_rows_(scores, exclude, rows)
         vals, idx = torch.topk(scores, kshort, dim=1, sorted=True)
@@ -123,13 +134,17 @@ def iter_topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclud
             fine = exact(rows_t, idx).masked_fill_(torch.isneginf(vals), float("-inf"))
             vals, pos = torch.topk(fine, kk, dim=1, sorted=True)
             idx = torch.gather(idx, 1, pos)
-        vals = vals.float()
-        idx = torch.where(torch.isneginf(vals), torch.full_like(idx, -1), idx)
-        if kk < k:
-            pad = k - kk
-            idx = torch.cat([idx, idx.new_full((len(rows), pad), -1)], 1)
-            vals = torch.cat([vals, vals.new_full((len(rows), pad), float("-inf"))], 1)
-        yield rows, idx, vals
+        yield (rows, *_pad(idx, vals.float(), k))
+
+
+def _pad(idx: Tensor, vals: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Item -1 where the score is -inf, and -1 / -inf columns up to ``k``."""
+    idx = torch.where(torch.isneginf(vals), torch.full_like(idx, -1), idx)
+    if idx.shape[1] < k:
+        pad = k - idx.shape[1]
+        idx = torch.cat([idx, idx.new_full((len(idx), pad), -1)], 1)
+        vals = torch.cat([vals, vals.new_full((len(vals), pad), float("-inf"))], 1)
+    return idx, vals
 
 
 def topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclude: sp.csr_matrix | None = None,

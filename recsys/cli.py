@@ -292,8 +292,13 @@ def cmd_score(argv: list[str]) -> int:
                    help="Top-k by brute force or by the Seismic inverted index over concept vectors (SESA models).")
     p.add_argument("--index-options", default=None,
                    help='SeismicIndex options as JSON, e.g. \'{"n_postings": 2000, "query_cut": 10}\'.')
+    p.add_argument("--new-items", default=None,
+                   help="Side table (CSV/Parquet: an 'item' column plus the training item attributes) of items "
+                        "unseen in training, embedded from their text and ranked with the catalogue (text models).")
     a, rest = p.parse_known_args(argv)
     if rest:
+        if a.new_items:
+            p.error("--new-items is not supported with --trainer.* options")
         return _score_lightning(p, a, rest)
     retrieval = _retrieval(a)
     if a.index != "exact" and (retrieval is not None or a.gallery):
@@ -304,7 +309,8 @@ def cmd_score(argv: list[str]) -> int:
     n = score_run(a.run_dir, a.out, k=a.k, users_file=a.users, keep_seen=a.keep_seen, chunk_size=a.chunk_size,
                   shard_users=a.shard_users, num_shards=a.num_shards, shard_index=a.shard_index,
                   retrieval=retrieval, gallery=a.gallery, explain=a.explain, index=a.index,
-                  index_options=json.loads(a.index_options) if a.index_options else None, precision=a.precision)
+                  index_options=json.loads(a.index_options) if a.index_options else None, precision=a.precision,
+                  new_items=a.new_items)
     print(f"[recsys] wrote {n} rows to {a.out} in {time.perf_counter() - t:.2f} s")
     return 0
 

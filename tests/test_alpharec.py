@@ -145,3 +145,39 @@ def test_fit_cli_and_cache(tiny_lm, tmp_path):
     assert main(fit_args("linear_probe.yaml", tmp_path / "c", *extra,
                          "--model.init_args.encoder.init_args.attributes", "[title]", epochs=1)) == 0
     assert STATS["encoded"] > mid["encoded"]
+
+
+def test_score_ranks_new_items_from_their_side_table(tiny_lm, tmp_path, capsys):
+    import pandas as pd
+
+    lm_path, cache = tiny_lm
+    extra = ["--model.init_args.encoder.init_args.lm_path", lm_path,
+             "--model.init_args.encoder.init_args.cache_dir", cache,
+             "--data.loader.batch_size", "512", "--data.loader.num_negatives", "16"]
+    run = tmp_path / "run"
+    assert main(fit_args("alpharec.yaml", run, *extra, epochs=1)) == 0
+    trained = pd.read_parquet(run / "data" / "items.parquet")
+    # Two unseen items described like trained ones; list attributes given as "a|b" strings, as in a CSV.
+    new = trained.head(2).copy()
+    new["item"] = [f"new-{i}" if trained["item"].dtype == object else 10**9 + i for i in range(2)]
+    for col in new.columns:
+        if col != "item" and isinstance(new[col].iloc[0], (list, np.ndarray)):
+            new[col] = ["|".join(map(str, v)) for v in new[col]]
+    new.to_csv(tmp_path / "new.csv", index=False)
+    n_items = len(trained)
+    out = tmp_path / "top.parquet"
+    assert main(["score", "--run-dir", str(run), "--out", str(out), "--k", str(n_items + 2), "--keep-seen",
+                 "--new-items", str(tmp_path / "new.csv")]) == 0
+    top = pd.read_parquet(out)
+    per_user = top.groupby("user")["item"].apply(lambda s: set(map(str, s)))
+    assert all({str(v) for v in new["item"]} <= items for items in per_user)
+    assert all(len(items) == n_items + 2 for items in per_user)
+    # An ID the model was trained on is not new: a clear error naming the file and row.
+    trained.head(1).assign(**{c: "x" for c in trained.columns if c != "item"}).to_csv(tmp_path / "old.csv",
+                                                                                        index=False)
+    capsys.readouterr()
+    assert main(["score", "--run-dir", str(run), "--out", str(tmp_path / "x.parquet"),
+                 "--new-items", str(tmp_path / "old.csv")]) != 0
+    err = capsys.readouterr().err
+    assert "already in the trained catalogue" in err and "old.csv" in err and "row 0" in err
+    assert not (tmp_path / "x.parquet").exists()

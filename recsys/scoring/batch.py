@@ -31,12 +31,14 @@ def read_user_ids(path: str | Path) -> np.ndarray:
     return np.asarray(lines, dtype=object)
 
 
-def _score_fn_for_run(run_dir: Path, data_dir: Path, retrieval=None, gallery: Path | None = None, exclude=None):
+def _score_fn_for_run(run_dir: Path, data_dir: Path, retrieval=None, gallery: Path | None = None, exclude=None,
+                      extra_items=None):
     """The cheapest score function for a run: its stored GEMM-ready tables, else the rebuilt model.
 
     ``retrieval`` (a :class:`recsys.scoring.cascade.Retrieval`) scores at a prefix, coarse-to-fine or by Hamming
     shortlist; ``gallery`` is another run whose stored item table the queries are scored against (their first
-    ``D_gallery`` coordinates: a backward-compatible model's new queries against the old model's items).
+    ``D_gallery`` coordinates: a backward-compatible model's new queries against the old model's items);
+    ``extra_items`` are scorer-prepared rows appended to the item table (items unseen in training).
     """
     import json
 
@@ -51,12 +53,16 @@ def _score_fn_for_run(run_dir: Path, data_dir: Path, retrieval=None, gallery: Pa
         if gallery is not None:
             items = _gallery_items(run_dir, gallery)
             queries = queries[:, :items.shape[1]].contiguous()
+        if extra_items is not None:
+            import torch
+
+            items = torch.cat([items, extra_items.to(items.dtype)])
         if retrieval is None:
             return gemm_score_fn(queries, items)
         normalize = bool(json.loads(ckpt.get("scorer", "{}")).get("normalize", False))
         return retrieval.score_fn(queries, items, exclude, normalize)
-    if retrieval is not None or gallery is not None:
-        raise ValueError("prefix, cascade and gallery scoring need a run with stored embedding tables")
+    if retrieval is not None or gallery is not None or extra_items is not None:
+        raise ValueError("prefix, cascade, gallery and new-item scoring need a run with stored embedding tables")
     from recsys.recommender import score_function
     from recsys.runs import load_model
 
@@ -83,7 +89,7 @@ def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file:
               keep_seen: bool = False, chunk_size: int | None = None, shard_users: int | None = None,
               num_shards: int = 1, shard_index: int = 0, retrieval=None, gallery: str | Path | None = None,
               explain: bool = False, index: str = "exact", index_options: dict | None = None,
-              precision: str = "32") -> int:
+              precision: str = "32", new_items: str | Path | None = None) -> int:
     """Write the top-k items of every user (or of the listed users) of a run to Parquet.
 
     Columns: ``user`` and ``item`` (external IDs), ``rank`` (1-based), ``score``. Items a user interacted with in
@@ -114,8 +120,12 @@ def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file:
         index_options: keyword arguments of :class:`recsys.retrieval.SeismicIndex`.
         precision: score dtype, ``32`` or ``bf16`` (bf16 shortlist + float32 re-rank, see
             :mod:`recsys.scoring.topk`); ``auto`` is float32 on this CPU path.
+        new_items: a side table (CSV/Parquet: an ``item`` column plus the training item attributes) of items
+            unseen in training, embedded from their text and ranked with the catalogue (text encoders only).
     """
-    job = _ScoringJob(run_dir, k, users_file, keep_seen, chunk_size, retrieval, gallery)
+    if new_items is not None and (gallery is not None or explain or index != "exact"):
+        raise ValueError("new items cannot be combined with a gallery, explanations or an index")
+    job = _ScoringJob(run_dir, k, users_file, keep_seen, chunk_size, retrieval, gallery, new_items)
     if precision != "32":
         from recsys.scoring.topk import scoring_dtype
 
@@ -161,7 +171,8 @@ class _ScoringJob:
     #: the score dtype of the top-k pass (float32 when None); see :func:`recsys.scoring.topk.iter_topk`.
     dtype = None
 
-    def __init__(self, run_dir, k, users_file, keep_seen, chunk_size, retrieval=None, gallery=None) -> None:
+    def __init__(self, run_dir, k, users_file, keep_seen, chunk_size, retrieval=None, gallery=None,
+                 new_items=None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -184,8 +195,16 @@ class _ScoringJob:
             users = arrow_to_numpy(split.column("user"))[train]
             self.exclude = RowSets.from_pairs(users, arrow_to_numpy(split.column("item"))[train],
                                               len(self.user_vocab))
+        extra = None
+        if new_items is not None:
+            from recsys.scoring.new_items import new_item_tables
+
+            new_ids, extra = new_item_tables(d, new_items)
+            # New rows go after the trained ones: trained item rows (and the exclusions) keep their numbers.
+            self.item_vocab = Vocabulary(np.concatenate([self.item_vocab.ids, new_ids.astype(self.item_vocab.ids.dtype)
+                                                         if self.item_vocab.ids.dtype != object else new_ids]), "item")
         self.score_fn = _score_fn_for_run(d, d / "data", retrieval, None if gallery is None else Path(gallery),
-                                          self.exclude)
+                                          self.exclude, extra)
         self.k, self.chunk_size = k, chunk_size
         self.schema = pa.schema([("user", _arrow_type(self.user_vocab)), ("item", _arrow_type(self.item_vocab)),
                                  ("rank", pa.int32()), ("score", pa.float32())])

@@ -1,0 +1,68 @@
+"""Score a catalogue that contains items unseen in training, embedded from their side-table text (zero-shot).
+
+Text encoders (AlphaRec, the linear probe) embed any item from its flattened attributes with
+``encoder.embed_new_items``; the new rows are appended after the trained catalogue, so trained item rows keep their
+numbers and only the output vocabulary grows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recsys.errors import DataError
+
+
+def read_new_items(path: str | Path, trained_items, key: str = "item"):
+    """The new-items side table: a key column ``key`` plus the training side table's attribute columns.
+
+    Columns holding lists in the trained table (genres, tags) are split on ``|`` when given as strings, as the
+    MovieLens loader does, so the flattened text matches training's.
+
+    Raises:
+        DataError: missing file or key column, duplicate keys (with the file, column and row).
+    """
+    from recsys.data.io import read_side_table
+
+    table = read_side_table(path, key=key)
+    for col in table.columns:
+        if col == key or col not in trained_items.columns:
+            continue
+        sample = trained_items[col].dropna()
+        if len(sample) and isinstance(sample.iloc[0], (list, tuple, np.ndarray)):
+            table[col] = [list(v) if isinstance(v, (list, tuple, np.ndarray)) else
+                          [] if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).split("|")
+                          for v in table[col]]
+    return table
+
+
+def new_item_tables(run_dir: Path, new_items: str | Path) -> tuple[np.ndarray, torch.Tensor]:
+    """External IDs and scorer-prepared embeddings of the items in ``new_items``.
+
+    Shapes:
+        -> ids [M], items [M, D]
+    """
+    import pandas as pd
+
+    from recsys.runs import load_model
+
+    model, data = load_model(run_dir)
+    encoder = getattr(model, "encoder", None)
+    embed = getattr(encoder, "embed_new_items", None)
+    if not callable(embed):
+        raise ValueError(f"{type(encoder).__name__} cannot embed items outside its catalogue: --new-items needs a "
+                         "text encoder (AlphaRec, LinearProbe)")
+    trained = data.item_table if data.item_table is not None else pd.DataFrame({"item": []})
+    table = read_new_items(new_items, trained)
+    ids = table["item"].to_numpy()
+    known = data.item_vocab.encode(ids, missing="ignore") if hasattr(data, "item_vocab") else None
+    if known is not None and (known >= 0).any():
+        row = int(np.flatnonzero(known >= 0)[0])
+        bad = ids[row].item() if hasattr(ids[row], "item") else ids[row]
+        raise DataError(f"item {bad!r} is already in the trained catalogue", file=str(new_items),
+                        column="item", row=row)
+    with torch.no_grad():
+        items = model.scorer.prepare_items(embed(encoder.text.texts(table)))
+    return ids, items.float().cpu()

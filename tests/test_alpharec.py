@@ -181,3 +181,13 @@ def test_score_ranks_new_items_from_their_side_table(tiny_lm, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already in the trained catalogue" in err and "old.csv" in err and "row 0" in err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_new_item_ids_must_match_the_catalogue_id_type(tmp_path):
+    from recsys.errors import DataError
+    from recsys.scoring.new_items import _as_vocab_ids
+
+    np.testing.assert_array_equal(_as_vocab_ids(np.array([7, 8], dtype=object), np.dtype(np.int64), "f.csv"), [7, 8])
+    with pytest.raises(DataError, match=r"file f\.csv.*column 'item'.*row 1"):
+        _as_vocab_ids(np.array([7, "x"], dtype=object), np.dtype(np.int64), "f.csv")
+    assert _as_vocab_ids(np.array([7]), np.dtype(object), "f.csv").tolist() == ["7"]

@@ -201,8 +201,7 @@ class _ScoringJob:
 
             new_ids, extra = new_item_tables(d, new_items)
             # New rows go after the trained ones: trained item rows (and the exclusions) keep their numbers.
-            self.item_vocab = Vocabulary(np.concatenate([self.item_vocab.ids, new_ids.astype(self.item_vocab.ids.dtype)
-                                                         if self.item_vocab.ids.dtype != object else new_ids]), "item")
+            self.item_vocab = Vocabulary(np.concatenate([self.item_vocab.ids, new_ids]), "item")
         self.score_fn = _score_fn_for_run(d, d / "data", retrieval, None if gallery is None else Path(gallery),
                                           self.exclude, extra)
         self.k, self.chunk_size = k, chunk_size

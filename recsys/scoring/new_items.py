@@ -56,9 +56,9 @@ def new_item_tables(run_dir: Path, new_items: str | Path) -> tuple[np.ndarray, t
                          "text encoder (AlphaRec, LinearProbe)")
     trained = data.item_table if data.item_table is not None else pd.DataFrame({"item": []})
     table = read_new_items(new_items, trained)
-    ids = table["item"].to_numpy()
-    known = data.item_vocab.encode(ids, missing="ignore") if hasattr(data, "item_vocab") else None
-    if known is not None and (known >= 0).any():
+    ids = _as_vocab_ids(table["item"].to_numpy(), data.item_vocab.ids.dtype, new_items)
+    known = data.item_vocab.encode(ids, missing="ignore")
+    if (known >= 0).any():
         row = int(np.flatnonzero(known >= 0)[0])
         bad = ids[row].item() if hasattr(ids[row], "item") else ids[row]
         raise DataError(f"item {bad!r} is already in the trained catalogue", file=str(new_items),
@@ -66,3 +66,19 @@ def new_item_tables(run_dir: Path, new_items: str | Path) -> tuple[np.ndarray, t
     with torch.no_grad():
         items = model.scorer.prepare_items(embed(encoder.text.texts(table)))
     return ids, items.float().cpu()
+
+
+def _as_vocab_ids(ids: np.ndarray, dtype: np.dtype, source) -> np.ndarray:
+    """New IDs in the trained vocabulary's ID type (so they decode alike), or a DataError naming the first misfit."""
+    if dtype.kind == "O":
+        return ids.astype(str).astype(object)
+    out = np.empty(len(ids), dtype=dtype)
+    for row, v in enumerate(ids):
+        try:
+            out[row] = dtype.type(v)
+            if dtype.kind in "iu" and float(v) != float(out[row]):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise DataError(f"item ID {v!r} is not of the trained catalogue's ID type ({dtype})", file=str(source),
+                            column="item", row=row) from None
+    return out

@@ -27,15 +27,9 @@ def read_new_items(path: str | Path, trained_items, key: str = "item"):
     from recsys.data.io import read_side_table
 
     table = read_side_table(path, key=key)
-    for col in table.columns:
-        if col == key or col not in trained_items.columns:
-            continue
-        sample = trained_items[col].dropna()
-        if len(sample) and isinstance(sample.iloc[0], (list, tuple, np.ndarray)):
-            table[col] = [list(v) if isinstance(v, (list, tuple, np.ndarray)) else
-                          [] if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).split("|")
-                          for v in table[col]]
-    return table
+    listy = {c: "|" for c in table.columns if c != key and c in trained_items.columns
+             and len(sample := trained_items[c].dropna()) and isinstance(sample.iloc[0], (list, tuple, np.ndarray))}
+    return read_side_table(table, key=key, multi_valued=listy, name=str(path)) if listy else table
 
 
 def new_item_tables(run_dir: Path, new_items: str | Path) -> tuple[np.ndarray, torch.Tensor]:

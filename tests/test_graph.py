@@ -138,15 +138,17 @@ def ngcf_reference(enc: NGCF, dense: torch.Tensor) -> torch.Tensor:
             ego = F.leaky_relu((side + ego) @ w1 + b1 + (side * ego) @ w2 + b2, 0.2)
         else:  # official code: one activation per branch, L' = D^-1 (A + I)
             ego = F.leaky_relu(side @ w1 + b1, 0.2) + F.leaky_relu((ego * side) @ w2 + b2, 0.2)
+        if enc.feed_normalized:  # RecBole's form: the next layer reads the normalised output
+            ego = F.normalize(ego, dim=1)
         outs.append(F.normalize(ego, dim=1))
     return torch.cat(outs, 1)
 
 
-@pytest.mark.parametrize("variant", ["paper", "official"])
-def test_ngcf_propagation_matches_the_equations(variant):
+@pytest.mark.parametrize("variant,feed_normalized", [("paper", False), ("official", False), ("paper", True)])
+def test_ngcf_propagation_matches_the_equations(variant, feed_normalized):
     torch.manual_seed(0)
     data = checkerboard(n_users=8, n_items=6, per_user=3)
-    enc = NGCF(dim=4, n_layers=2, variant=variant)
+    enc = NGCF(dim=4, n_layers=2, variant=variant, feed_normalized=feed_normalized)
     enc.bind(data)
     enc.eval()
     norm, loops = ("sym", False) if variant == "paper" else ("left", True)

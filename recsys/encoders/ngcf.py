@@ -39,6 +39,9 @@ class NGCF(GraphEncoder):
         variant: ``"paper"`` or ``"official"``.
         node_dropout: probability of dropping each non-zero of the adjacency during training.
         message_dropout: dropout on each layer's output during training.
+        feed_normalized: feed each layer's L2-normalised output (the copy that is concatenated) to the next layer
+            instead of the raw output. RecBole 1.2.1's ``NGCF`` does this; the paper and the official code feed the
+            raw output (False).
         init: ego-embedding initialisation, ``"xavier"`` (Glorot-uniform per side, the official code),
             ``"xavier_normal"`` (RecBole) or ``"normal"`` (std 0.1); see :func:`~recsys.encoders.graph.init_embedding_`.
 
@@ -47,11 +50,12 @@ class NGCF(GraphEncoder):
     """
 
     def __init__(self, dim: int = 64, n_layers: int = 3, variant: str = "paper", node_dropout: float = 0.1,
-                 message_dropout: float = 0.1, init: str = "xavier") -> None:
+                 message_dropout: float = 0.1, init: str = "xavier", feed_normalized: bool = False) -> None:
         if variant not in ("paper", "official"):
             raise ValueError(f"variant must be 'paper' or 'official', not {variant!r}")
         super().__init__(dim, init=init)
         self.variant, self.node_dropout, self.message_dropout = variant, node_dropout, message_dropout
+        self.feed_normalized = feed_normalized
         if variant == "official":
             self.norm, self.self_loops = "left", True
         self.out_dim = dim * (n_layers + 1)
@@ -74,7 +78,11 @@ class NGCF(GraphEncoder):
             ego = layer(ego, side)
             if self.training and self.message_dropout > 0:
                 ego = ego * dropout_mask(tuple(ego.shape), self.message_dropout, ego)
-            outs.append(F.normalize(ego if rows is None or k == last else ego.index_select(0, rows), dim=1))
+            if self.feed_normalized:  # RecBole: the next layer reads the normalised copy
+                ego = F.normalize(ego, dim=1)
+                outs.append(ego if rows is None or k == last else ego.index_select(0, rows))
+            else:
+                outs.append(F.normalize(ego if rows is None or k == last else ego.index_select(0, rows), dim=1))
         out = torch.cat(outs, dim=1)
         return out if inverse is None else out.index_select(0, inverse)
 

@@ -13,10 +13,11 @@ class NGCF(GraphEncoder):
     """NGCF: layers that mix neighbour sums and neighbour-ego affinities, concatenated over depths.
 
     Wang et al., "Neural Graph Collaborative Filtering", SIGIR 2019. Each layer (see :class:`NGCFLayer`) reads
-    the previous layer's un-normalised output; the final embedding is ``[E⁰ ‖ Ê¹ ‖ … ‖ Ê^L]`` where ``Ê^l`` is the
-    row-wise L2-normalised layer output, so ``out_dim = dim × (n_layers + 1)``. Training uses message dropout on
-    every layer's output and node dropout on the adjacency (each non-zero dropped with probability
-    ``node_dropout``, the rest scaled by ``1/(1-p)``, as both reference codes do).
+    the previous layer's un-normalised output (the normalised one with ``feed_normalized``); the final embedding
+    is ``[E⁰ ‖ Ê¹ ‖ … ‖ Ê^L]`` where ``Ê^l`` is the row-wise L2-normalised layer output, so
+    ``out_dim = dim × (n_layers + 1)``. Training uses message dropout on every layer's output and node dropout on
+    the adjacency (each non-zero dropped with probability ``node_dropout``, the rest scaled by ``1/(1-p)``, as both
+    reference codes do).
 
     ``variant="paper"`` (Eq. 7-10, RecBole's form):
         ``E^l = LeakyReLU((L + I) E^{l-1} W1 + (L E^{l-1} ⊙ E^{l-1}) W2 + b)``, ``L = D^-1/2 A D^-1/2``;

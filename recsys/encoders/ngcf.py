@@ -81,9 +81,8 @@ class NGCF(GraphEncoder):
                 ego = ego * dropout_mask(tuple(ego.shape), self.message_dropout, ego)
             if self.feed_normalized:  # RecBole: the next layer reads the normalised copy
                 ego = F.normalize(ego, dim=1)
-                outs.append(ego if rows is None or k == last else ego.index_select(0, rows))
-            else:
-                outs.append(F.normalize(ego if rows is None or k == last else ego.index_select(0, rows), dim=1))
+            kept = ego if rows is None or k == last else ego.index_select(0, rows)
+            outs.append(kept if self.feed_normalized else F.normalize(kept, dim=1))
         out = torch.cat(outs, dim=1)
         return out if inverse is None else out.index_select(0, inverse)
 

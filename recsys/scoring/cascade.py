@@ -158,8 +158,18 @@ def shortlist_rescore(coarse: Tensor, queries: Tensor, items: Tensor, rows: Tens
     return result.scatter_(1, cand, fine.to(result.dtype))
 
 
-def _with_candidates(score: ScoreFn, candidates, exclude) -> ScoreFn:
-    # The sparse side door of a cascade: iter_topk ranks the shortlist itself when the exclusions match its own.
+def _cascade(coarse, queries: Tensor, items: Tensor, shortlist: int, exclude) -> ScoreFn:
+    """A cascade's score function from its coarse pass ``coarse(rows) -> [B, N]``.
+
+    Besides the dense ``ScoreFn`` it carries ``candidates`` (the shortlist and its exact scores) and the ``exclude``
+    it masks: ``iter_topk`` ranks the shortlist itself when those exclusions match its own.
+    """
+    def score(rows: Tensor, out: Tensor | None) -> Tensor:
+        return shortlist_rescore(coarse(rows), queries, items, rows, shortlist, exclude, out)
+
+    def candidates(rows: Tensor) -> tuple[Tensor, Tensor]:
+        return shortlist_candidates(coarse(rows), queries, items, rows, shortlist, exclude)
+
     score.candidates, score.exclude = candidates, exclude
     return score
 
@@ -185,14 +195,7 @@ def prefix_cascade_fn(queries: Tensor, items: Tensor, coarse_dim: int, shortlist
     """
     cq, ci = prefix_tables(queries, items, coarse_dim, normalize)
     ci_t = ci.T.contiguous()
-
-    def score(rows: Tensor, out: Tensor | None) -> Tensor:
-        return shortlist_rescore(cq[rows] @ ci_t, queries, items, rows, shortlist, exclude, out)
-
-    def candidates(rows: Tensor) -> tuple[Tensor, Tensor]:
-        return shortlist_candidates(cq[rows] @ ci_t, queries, items, rows, shortlist, exclude)
-
-    return _with_candidates(score, candidates, exclude)
+    return _cascade(lambda rows: cq[rows] @ ci_t, queries, items, shortlist, exclude)
 
 
 def hamming_cascade_fn(queries: Tensor, items: Tensor, shortlist: int, exclude=None, bits: int | None = None
@@ -211,16 +214,8 @@ def hamming_cascade_fn(queries: Tensor, items: Tensor, shortlist: int, exclude=N
     b = bits or queries.shape[1]
     q_bits, i_bits = pack_bits(queries[:, :b]), pack_bits(items[:, :b])
 
-    def score(rows: Tensor, out: Tensor | None) -> Tensor:
-        r = rows.cpu().numpy()
-        return shortlist_rescore(hamming_similarities(q_bits[r], i_bits), queries, items, rows, shortlist, exclude,
-                                 out)
-
-    def candidates(rows: Tensor) -> tuple[Tensor, Tensor]:
-        coarse = hamming_similarities(q_bits[rows.cpu().numpy()], i_bits)
-        return shortlist_candidates(coarse, queries, items, rows, shortlist, exclude)
-
-    return _with_candidates(score, candidates, exclude)
+    return _cascade(lambda rows: hamming_similarities(q_bits[rows.cpu().numpy()], i_bits), queries, items, shortlist,
+                    exclude)
 
 
 def hamming_similarities(q_bits: np.ndarray, item_bits: np.ndarray) -> Tensor:

@@ -14,7 +14,8 @@ from conftest import fit_args
 from recsys.cli import main
 from recsys.data.batch import Batch
 from recsys.encoders import NGCF, LightGCN
-from recsys.encoders.graph import NGCFLayer, bipartite_adjacency, sparse_polynomial, spmm
+from recsys.encoders.graph import (NGCFLayer, bipartite_adjacency, dropout_mask, l2_normalize,
+                                  sparse_polynomial, spmm)
 from recsys.testing import EncoderConformance, checkerboard
 
 ADJACENCIES = [("sym", False), ("left", True)]  # NGCF paper / LightGCN, and the official NGCF code
@@ -157,6 +158,44 @@ def test_ngcf_propagation_matches_the_equations(variant, feed_normalized):
         users, items = enc.propagate()
     assert users.shape == (data.n_users, 4 * 3)
     torch.testing.assert_close(torch.cat([users, items]), ngcf_reference(enc, dense), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["paper", "official"])
+@pytest.mark.parametrize("dropped", [False, True])
+def test_ngcf_layer_matches_its_formula_with_gradients(variant, dropped):
+    # The paper form has a hand-written backward: it must equal autograd through Eq. 7, values and gradients.
+    torch.manual_seed(0)
+    layer = NGCFLayer(5, 3, variant).double()
+    x, side = torch.randn(9, 5, dtype=torch.double), torch.randn(9, 5, dtype=torch.double)
+    mask = dropout_mask((9, 3), 0.3, x) if dropped else None
+
+    def formula(x, side):
+        if variant == "paper":
+            h = (side + x) @ layer.w_sum + (side * x) @ layer.w_bi + layer.b_sum + layer.b_bi
+            out = F.leaky_relu(h, 0.2)
+        else:
+            out = (F.leaky_relu(side @ layer.w_sum + layer.b_sum, 0.2)
+                   + F.leaky_relu((x * side) @ layer.w_bi + layer.b_bi, 0.2))
+        return out if mask is None else out * mask
+
+    weights = torch.randn(9, 3, dtype=torch.double)
+    results = []
+    for fn in (formula, lambda x, side: layer(x, side, mask)):
+        xs = [x.clone().requires_grad_(), side.clone().requires_grad_()]
+        layer.zero_grad()
+        out = fn(*xs)
+        (out * weights).sum().backward()
+        results.append([out, *(t.grad for t in xs), *(p.grad.clone() for p in layer.parameters())])
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda x, side: layer(x, side, mask), (x.requires_grad_(), side.requires_grad_()))
+
+
+def test_l2_normalize_matches_torch_with_gradients():
+    x = torch.randn(6, 4, dtype=torch.double)
+    x[2] = 0  # a zero row stays zero, as F.normalize leaves it
+    torch.testing.assert_close(l2_normalize(x), F.normalize(x, dim=1))
+    assert torch.autograd.gradcheck(l2_normalize, (torch.randn(6, 4, dtype=torch.double, requires_grad=True),))
 
 
 def test_ngcf_layer_rejects_unknown_variant():

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from recsys.encoders.base import RecEncoder
 
 __all__ = ["Adjacency", "SpMM", "spmm", "sparse_mm", "SparsePolynomial", "sparse_polynomial", "bipartite_adjacency",
-           "LightGCNPropagation", "NGCFLayer", "GraphEncoder", "init_embedding_", "dropout_mask"]
+           "LightGCNPropagation", "NGCFLayer", "GraphEncoder", "init_embedding_", "dropout_mask",
+           "l2_normalize"]
 
 
 def dropout_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
@@ -291,7 +292,7 @@ class NGCFLayer(nn.Module):
       LeakyReLU((E ⊙ L' E) W_bi + b_bi)`` with ``L' = D^-1 (A + I)``: no explicit self-connection term (the
       self-loop is inside ``L'``) and one activation per branch.
 
-    Message dropout is applied by the encoder after the layer (as in both codes).
+    Message dropout (``mask``, from :func:`dropout_mask`) multiplies the layer's output, as in both codes.
 
     Args:
         in_dim, out_dim: embedding sizes before and after.
@@ -299,7 +300,7 @@ class NGCFLayer(nn.Module):
         negative_slope: the LeakyReLU slope (0.2 in both codes).
 
     Shapes:
-        x: [N, in_dim], side = L x: [N, in_dim] -> [N, out_dim]
+        x: [N, in_dim], side = L x: [N, in_dim], mask: [N, out_dim] or None -> [N, out_dim]
     """
 
     def __init__(self, in_dim: int, out_dim: int, variant: str = "paper", negative_slope: float = 0.2) -> None:
@@ -325,13 +326,82 @@ class NGCFLayer(nn.Module):
             nn.init.zeros_(self.b_sum)
             nn.init.zeros_(self.b_bi)
 
-    def forward(self, x: Tensor, side: Tensor) -> Tensor:
+    def forward(self, x: Tensor, side: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.variant == "paper":
-            h = torch.cat([side + x, side * x], dim=1) @ torch.cat([self.w_sum, self.w_bi])
-            return F.leaky_relu(h + (self.b_sum + self.b_bi), self.negative_slope)
+            return _NGCFPaperLayer.apply(x, side, torch.cat([self.w_sum, self.w_bi]), self.b_sum + self.b_bi, mask,
+                                         self.negative_slope)
         s = F.leaky_relu(torch.addmm(self.b_sum, side, self.w_sum), self.negative_slope)
         b = F.leaky_relu(torch.addmm(self.b_bi, x * side, self.w_bi), self.negative_slope)
-        return s + b
+        return s + b if mask is None else (s + b) * mask
+
+
+class _NGCFPaperLayer(torch.autograd.Function):
+    """The paper-form NGCF layer with message dropout, with a hand-written backward.
+
+    Autograd's version of ``mask ⊙ LeakyReLU([E + LE, LE ⊙ E] W + b)`` makes about twice the full-size passes over
+    ``[N, D]`` memory (the concatenation, each product's backward, separate bias, activation and dropout
+    backwards, gradient accumulation); the layer is memory-bound at NGCF's sizes, so the fused form trains
+    about 25 % faster per layer on CPU.
+
+    Shapes:
+        x, side: [N, D]; w: [2D, D']; b: [1, D']; mask: [N, D'] or None -> [N, D']
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, side: Tensor, w: Tensor, b: Tensor, mask: Tensor | None, slope: float) -> Tensor:
+        d = x.shape[1]
+        features = torch.empty(x.shape[0], 2 * d, dtype=x.dtype, device=x.device)
+        torch.add(side, x, out=features[:, :d])
+        torch.mul(side, x, out=features[:, d:])
+        out = F.leaky_relu_(torch.addmm(b, features, w), slope)
+        if mask is not None:
+            out.mul_(mask)
+        ctx.slope = slope
+        ctx.save_for_backward(x, side, w, features, out, mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, side, w, features, out, mask = ctx.saved_tensors
+        d = x.shape[1]
+        if mask is not None:
+            grad = grad * mask
+        # out > 0 exactly where the pre-activation is (dropped entries have zero gradient either way).
+        grad = torch.ops.aten.leaky_relu_backward(grad, out, ctx.slope, True)
+        g_features = grad @ w.t()
+        g_sum, g_bi = g_features[:, :d], g_features[:, d:]
+        return (torch.addcmul(g_sum, g_bi, side), torch.addcmul(g_sum, g_bi, x), features.t() @ grad,
+                grad.sum(0, keepdim=True), None, None)
+
+
+class _L2Normalize(torch.autograd.Function):
+    """Row-wise L2 normalisation, ``F.normalize(x, dim=1)``, with a three-pass backward (autograd's takes six).
+
+    Shapes:
+        x: [N, D] -> [N, D]
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12)
+        y = x / norm
+        ctx.save_for_backward(y, norm)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        y, norm = ctx.saved_tensors
+        dot = torch.linalg.vecdot(grad, y, dim=1).unsqueeze(1)
+        return torch.addcmul(grad, y, dot, value=-1).div_(norm)
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    """Rows of ``x`` scaled to unit L2 norm (``F.normalize(x, dim=1)`` with a cheaper backward).
+
+    Shapes:
+        x: [N, D] -> [N, D]
+    """
+    return _L2Normalize.apply(x)
 
 
 def init_embedding_(weight: Tensor, n_users: int, init: str, std: float = 0.1) -> None:

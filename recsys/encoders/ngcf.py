@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.encoders.graph import GraphEncoder, NGCFLayer, dropout_mask, spmm
+from recsys.encoders.graph import GraphEncoder, NGCFLayer, dropout_mask, l2_normalize, spmm
 
 
 class NGCF(GraphEncoder):
@@ -76,13 +75,14 @@ class NGCF(GraphEncoder):
             if rows is not None and k == last:
                 # The last layer feeds only the output, so only the requested rows need its transform.
                 ego, side = ego.index_select(0, rows), side.index_select(0, rows)
-            ego = layer(ego, side)
+            mask = None
             if self.training and self.message_dropout > 0:
-                ego = ego * dropout_mask(tuple(ego.shape), self.message_dropout, ego)
+                mask = dropout_mask((ego.shape[0], layer.w_sum.shape[1]), self.message_dropout, ego)
+            ego = layer(ego, side, mask)
             if self.feed_normalized:  # RecBole: the next layer reads the normalised copy
-                ego = F.normalize(ego, dim=1)
+                ego = l2_normalize(ego)
             kept = ego if rows is None or k == last else ego.index_select(0, rows)
-            outs.append(kept if self.feed_normalized else F.normalize(kept, dim=1))
+            outs.append(kept if self.feed_normalized else l2_normalize(kept))
         out = torch.cat(outs, dim=1)
         return out if inverse is None else out.index_select(0, inverse)
 

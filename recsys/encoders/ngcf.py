@@ -20,7 +20,9 @@ class NGCF(GraphEncoder):
 
     ``variant="paper"`` (Eq. 7-10, RecBole's form):
         ``E^l = LeakyReLU((L + I) E^{l-1} W1 + (L E^{l-1} ⊙ E^{l-1}) W2 + b)``, ``L = D^-1/2 A D^-1/2``;
-        node dropout applies to ``L``; the L2 penalty is ``½‖E⁰_batch‖²`` on the ego embeddings.
+        node dropout applies to ``L``; the model's ``reg_weight`` penalty is ``½‖E⁰_batch‖²`` on the batch's ego
+        embeddings (RecBole's form). The paper's Eq. 11 penalises every parameter, ``λ‖Θ‖²`` (ego table and
+        layer weights), which is Adam's ``weight_decay``; ``configs/ngcf.yaml`` uses that, much better on P1.
 
     ``variant="official"`` (the authors' TensorFlow code, ``xiangwang1223/neural_graph_collaborative_filtering``,
     default ``adj_type=norm``, ``alg_type=ngcf``). It differs from the paper form in three ways:

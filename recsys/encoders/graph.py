@@ -353,7 +353,9 @@ class _NGCFPaperLayer(torch.autograd.Function):
         features = torch.empty(x.shape[0], 2 * d, dtype=x.dtype, device=x.device)
         torch.add(side, x, out=features[:, :d])
         torch.mul(side, x, out=features[:, d:])
-        out = F.leaky_relu_(torch.addmm(b, features, w), slope)
+        # In the inputs' dtype even under autocast: the backward's products must match the saved tensors' dtype.
+        with torch.autocast(x.device.type, enabled=False):
+            out = F.leaky_relu_(torch.addmm(b.to(x.dtype), features, w.to(x.dtype)), slope)
         if mask is not None:
             out.mul_(mask)
         ctx.slope = slope

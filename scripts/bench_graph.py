@@ -58,9 +58,13 @@ def make_encoder(name: str, node_dropout: float = 0.1):
     raise ValueError(f"unknown model {name!r}")
 
 
-# Regularisation as in configs/*.yaml: the batch-row penalty (reg_weight) or Adam's weight_decay on all parameters.
-REGULARISATION = {"lightgcn": {"reg_weight": 1e-4}, "ngcf": {"reg_weight": 0.0, "weight_decay": 1e-5},
-                  "ngcf_official": {"reg_weight": 1e-5}}
+def config_regularisation(name: str) -> dict[str, float]:
+    """``configs/<name>.yaml``'s regulariser: the batch-row penalty (reg_weight) and Adam's weight_decay."""
+    import yaml
+
+    model = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model"]["init_args"]
+    return {"reg_weight": float(model.get("reg_weight", 0.0)),
+            "weight_decay": float(model.get("optimizer", {}).get("init_args", {}).get("weight_decay", 0.0))}
 
 
 def train_epochs(encoder, data, epochs: int, batch_size: int = 2048, reg_weight: float = 1e-4,
@@ -260,7 +264,7 @@ def main() -> int:
             torch.manual_seed(0)
             enc = make_encoder(name, a.node_dropout)
             enc.bind(data)
-            ours = train_epochs(enc, data, a.epochs, **REGULARISATION[name])
+            ours = train_epochs(enc, data, a.epochs, **config_regularisation(name))
             wall, cpu = (statistics.median(t[i] for t in ours) for i in (0, 1))
             print(f"[bench] ours {name}: wall " + ", ".join(f"{t[0]:.2f}" for t in ours) + " s/epoch, CPU "
                   + ", ".join(f"{t[1]:.2f}" for t in ours) + f" (medians {wall:.2f} / {cpu:.2f})", flush=True)

@@ -355,7 +355,7 @@ class _NGCFPaperLayer(torch.autograd.Function):
         torch.mul(side, x, out=features[:, d:])
         # In the inputs' dtype even under autocast: the backward's products must match the saved tensors' dtype.
         with torch.autocast(x.device.type, enabled=False):
-            out = F.leaky_relu_(torch.addmm(b.to(x.dtype), features, w.to(x.dtype)), slope)
+            out = F.leaky_relu_(torch.addmm(b, features, w), slope)
         if mask is not None:
             out.mul_(mask)
         ctx.slope = slope

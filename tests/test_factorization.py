@@ -69,14 +69,27 @@ class TestQuantizedLightGCN(EncoderConformance):
         return LatentQuantization(INNER["lightgcn"](8), levels=8, sides="both")
 
 
+def _old_gallery(dim: int = 8) -> torch.Tensor:
+    """An old model's item table on the conformance data (what `recsys fit` hands a Compatible encoder)."""
+    old = MatrixFactorization(dim=dim)
+    old.bind(checkerboard())
+    return old.item_table().detach()
+
+
+def _compatible(inner, dim: int = 8):
+    enc = Compatible(inner)
+    enc.set_gallery(_old_gallery(dim))
+    return enc
+
+
 class TestCompatibleMF(EncoderConformance):
     def make_encoder(self):
-        return Compatible(INNER["mf"](12), old=MatrixFactorization(dim=8))
+        return _compatible(INNER["mf"](12))
 
 
 class TestCompatibleLightGCN(EncoderConformance):
     def make_encoder(self):
-        return Compatible(INNER["lightgcn"](12), old=MatrixFactorization(dim=8))
+        return _compatible(INNER["lightgcn"](12))
 
 
 class TestStackedWrappers(EncoderConformance):
@@ -132,12 +145,15 @@ def test_model_trains_a_nested_loss_under_every_negatives_mode(negatives):
     from recsys.model import RecModel
 
     enc, data = _bound(MatrixFactorization(dim=16))
-    model = RecModel(enc, loss=MatryoshkaLoss(), negatives=negatives)
+    from recsys.training import FullCatalogue, InBatchNegatives, SampledNegatives
+
+    strategy = {"sampled": SampledNegatives, "in_batch": InBatchNegatives, "full": FullCatalogue}[negatives]()
+    model = RecModel(enc, loss=MatryoshkaLoss(), negatives=strategy)
     model.data = data
     batch = _batch(data)
-    emb = model.embed(batch)
-    total = model.loss.nested(lambda d: model.scores(batch, emb, d), 16)
-    parts = [model.loss.base(*model.scores(batch, emb, d)) for d in (2, 4, 8, 16)]
+    step = strategy.embed(enc, batch)
+    total = model.loss.nested(lambda d: strategy.score(model.scorer, batch, step, d), 16)
+    parts = [model.loss.base(*strategy.score(model.scorer, batch, step, d)) for d in (2, 4, 8, 16)]
     torch.testing.assert_close(total, sum(parts))
     total.backward()
     assert enc.user.table.weight.grad is not None
@@ -163,7 +179,7 @@ def test_lowrank_ordered_dropout_truncates_training_steps():
     ranks = set()
     for seed in range(30):
         torch.manual_seed(seed)
-        q, _ = enc(batch)
+        q = enc(batch).query
         # The rank of the query block is the sampled rank (generically, with random A and B).
         ranks.add(int(torch.linalg.matrix_rank(q.detach())))
     assert len(ranks) > 3 and min(ranks) < 8
@@ -173,15 +189,13 @@ def test_binary_codes_loss_and_ste_gradient():
     enc, data = _bound(BinaryCodes(MatrixFactorization(dim=16)))
     enc.train()
     batch = _batch(data)
-    q, c = enc(batch)
-    aux = enc.auxiliary_loss(batch)
+    aux = enc(batch).losses["codes"]
     assert aux.ndim == 0 and torch.isfinite(aux)
     aux.backward()
     assert enc.encoder.user.table.weight.grad.abs().sum() > 0
     # One candidate per row (in-batch negatives): the other rows' positives are the negatives.
     one = Batch(torch.arange(8), torch.randint(0, data.n_items, (8, 1)))
-    enc(one)
-    assert torch.isfinite(enc.auxiliary_loss(one))
+    assert torch.isfinite(enc(one).losses["codes"])
 
 
 def test_pack_bits_and_hamming_match_dense():
@@ -235,29 +249,26 @@ def test_quantized_items_use_at_most_levels_values():
         assert len(torch.unique(table[:, d])) <= 4
     assert enc.bytes_per_item() == 8 * 2 / 8
     batch = _batch(data)
-    q, _ = enc(batch)
+    q = enc(batch).query
     torch.testing.assert_close(q, enc.encoder.encode_queries(batch))  # queries stay float
     enc.train()
-    enc(batch)
-    aux = enc.auxiliary_loss(batch)
+    aux = enc(batch).losses["quantization"]
     aux.backward()
     assert enc.codebook.grad is not None and enc.codebook.grad.abs().sum() > 0
 
 
 def test_compatible_basis_is_orthonormal_and_preserves_new_scores():
-    old = MatrixFactorization(dim=4)
-    enc, data = _bound(Compatible(MatrixFactorization(dim=8), old=old))
+    enc, data = _bound(_compatible(MatrixFactorization(dim=8), dim=4))
     w = enc.basis.weight
     torch.testing.assert_close(w @ w.T, torch.eye(8), atol=1e-5, rtol=0)
     assert enc.old_items.shape == (data.n_items, 4) and enc.old_dim == 4
     batch = _batch(data)
     enc.eval()
-    q, c = enc(batch)
-    iq, ic = enc.encoder(batch)
+    out, inner = enc(batch), enc.encoder(batch)
+    q, c, iq, ic = out.query, out.candidates, inner.query, inner.candidates
     torch.testing.assert_close((c @ q.unsqueeze(-1)), (ic @ iq.unsqueeze(-1)), atol=1e-5, rtol=1e-4)
     enc.train()
-    enc(batch)
-    aux = enc.auxiliary_loss(batch)
+    aux = enc(batch).losses["compatibility"]
     aux.backward()
     assert enc.encoder.user.table.weight.grad.abs().sum() > 0
     assert "old_items" not in enc.state_dict()

@@ -14,8 +14,7 @@ from conftest import fit_args
 from recsys.cli import main
 from recsys.data.batch import Batch
 from recsys.encoders import NGCF, LightGCN
-from recsys.encoders.graph import (NGCFLayer, bipartite_adjacency, dropout_mask, l2_normalize,
-                                  sparse_polynomial, spmm)
+from recsys.encoders.graph import NGCFLayer, bipartite_adjacency, dropout_mask, l2_normalize, sparse_polynomial, spmm
 from recsys.testing import EncoderConformance, checkerboard
 
 ADJACENCIES = [("sym", False), ("left", True)]  # NGCF paper / LightGCN, and the official NGCF code
@@ -216,8 +215,9 @@ def test_regularisers():
     enc = NGCF(dim=4, variant="official")  # ½‖·‖² of the propagated embeddings the step used
     enc.bind(data)
     enc.train()
-    q, c = enc(batch)
-    torch.testing.assert_close(enc.regularization(batch), 0.5 * (q.pow(2).sum() + c.pow(2).sum()))
+    out = enc(batch)
+    q, c = out.query, out.candidates
+    torch.testing.assert_close(out.penalty, 0.5 * (q.pow(2).sum() + c.pow(2).sum()))
 
 
 def test_training_forward_propagates_and_evaluation_uses_the_cache():
@@ -277,10 +277,12 @@ def test_table_scoring_matches_gathered_candidates(encoder_cls):
     model = RecModel(enc, CosineScorer(0.2), SoftmaxLoss())
     model.bind(data)
     batch = Batch(users=torch.arange(6), items=torch.randint(0, data.n_items, (6, 9)))
-    assert model._table_scoring(batch)
-    pos, neg = model.scores(batch)
+    step = model.negatives.embed(enc, batch)
+    assert step.target is not None  # scored against the item table
+    pos, neg = model.negatives.score(model.scorer, batch, step)
     grads = torch.autograd.grad(SoftmaxLoss()(pos, neg), enc.embedding.weight)[0]
-    ref = model.scorer(*enc(batch))
+    out = enc(batch)
+    ref = model.scorer(out.query, out.candidates)
     ref_grads = torch.autograd.grad(SoftmaxLoss()(ref[:, 0], ref[:, 1:]), enc.embedding.weight)[0]
     torch.testing.assert_close(torch.cat([pos[:, None], neg], 1), ref)
     torch.testing.assert_close(grads, ref_grads)

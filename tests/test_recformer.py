@@ -167,7 +167,8 @@ def test_trainable_item_table_cache_matches_fresh_encoding_and_refreshes():
     enc.train()
     opt = torch.optim.SGD(enc.parameters(), lr=0.5)
     hist = torch.from_numpy(data.history(np.arange(4), "train", 5))
-    q, c = enc(Batch(torch.arange(4), torch.tensor([[0], [1], [2], [3]]), hist))
+    out = enc(Batch(torch.arange(4), torch.tensor([[0], [1], [2], [3]]), hist))
+    q, c = out.query, out.candidates
     (q * c[:, 0]).sum().backward()
     opt.step()
     enc.eval()
@@ -199,11 +200,11 @@ def test_mlm_loss_is_weighted_and_only_in_training():
     hist = torch.from_numpy(data.history(np.arange(4), "train", 5))
     batch = Batch(torch.arange(4), torch.tensor([[0], [1], [2], [3]]), hist)
     enc.train()
-    loss = enc.auxiliary_loss(batch)
-    assert loss is not None and torch.isfinite(loss) and loss.requires_grad
+    loss = enc.batch_losses(batch)["mlm"]
+    assert torch.isfinite(loss) and loss.requires_grad
     assert 0.1 * np.log(enc.tokenizer.vocab_size) < loss.item() < 0.3 * np.log(enc.tokenizer.vocab_size)
     enc.eval()
-    assert enc.auxiliary_loss(batch) is None
+    assert enc.batch_losses(batch) == {}
 
 
 # ------------------------------------------------------------------------------------------------ CLI stages

@@ -16,6 +16,7 @@ from recsys.model import RecModel
 from recsys.scorers import DotScorer
 from recsys.testing import EncoderConformance
 from recsys.testing.fixtures import checkerboard
+from recsys.training import FullCatalogue, InBatchNegatives
 
 TINY = "{n_users: 100, n_items: 60, n_interactions: 2000}"
 
@@ -62,24 +63,29 @@ def test_attention_is_causal():
 
 def test_full_softmax_loss_is_cross_entropy_over_the_catalogue():
     enc, data = _bound()
-    model = RecModel(enc, DotScorer(), SoftmaxLoss(), negatives="full")
+    full, in_batch = FullCatalogue(), InBatchNegatives()
+    model = RecModel(enc, DotScorer(), SoftmaxLoss(), negatives=full)
+
+    def scores(strategy, batch):
+        return strategy.score(model.scorer, batch, strategy.embed(enc, batch))
+
     hist = torch.from_numpy(data.history(np.arange(4), "train", 6))
     batch = Batch(torch.arange(4), torch.tensor([[0], [3], [5], [7]]), hist)
-    pos, neg = model.scores(batch)
+    pos, neg = scores(full, batch)
     logits = enc.encode_queries(batch) @ enc.item_table().T
     want = F.cross_entropy(logits, batch.items[:, 0])
     torch.testing.assert_close(model.loss(pos, neg), want)
     # All positions (examples: sequences): every real history position predicts its own next item.
     targets = torch.full_like(hist, -1)
     targets[:, -3:] = torch.tensor([1, 2, 4])
-    pos, neg = model.scores(Batch(torch.arange(4), targets, hist))
+    pos, neg = scores(full, Batch(torch.arange(4), targets, hist))
     per_pos = enc.sequence_output(hist)[:, -3:].reshape(-1, enc.out_dim) @ enc.item_table().T
     want_seq = F.cross_entropy(per_pos, torch.tensor([1, 2, 4]).repeat(4))
     torch.testing.assert_close(model.loss(pos, neg), want_seq)
     # In-batch: row b's negatives are the other rows' positives.
-    model.negatives = "in_batch"
-    pos, neg = model.scores(batch)
-    q, c = enc(batch)
+    pos, neg = scores(in_batch, batch)
+    out = enc(batch)
+    q, c = out.query, out.candidates
     want = F.cross_entropy(q @ c[:, 0].T, torch.arange(4))
     torch.testing.assert_close(model.loss(pos, neg), want)
 

@@ -161,7 +161,7 @@ class SequenceBatches(Dataset):
 
     Args:
         data: ``PreparedData``.
-        loader: ``Loader`` (batch size; negatives are not sampled: train with ``RecModel(negatives="full")``).
+        loader: ``Loader`` (batch size; negatives are not sampled: train with ``RecModel(negatives=FullCatalogue())``).
         seed: base seed.
         history_len: the window length L (> 0).
 

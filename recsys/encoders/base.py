@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from recsys.capabilities import StepOutput
 from recsys.data.batch import Batch
 
 
@@ -35,14 +36,17 @@ class Encoder(nn.Module):
 class RecEncoder(nn.Module):
     """Embeds queries (users, with their history when needed) and items into one space.
 
-    ``forward`` returns the query embeddings and the candidates' embeddings for a training batch. Encoders that
-    propagate both sides jointly (graphs) override ``propagate`` so that evaluation computes the tables once per
-    pass (see :meth:`precompute`), not once per batch. Encoders that compute the whole item table at every training
-    step anyway may define ``training_tables(batch) -> (query [B, D], items [N, D])``: the model then scores many
-    sampled negatives as columns of one ``query @ items.T`` instead of gathering a ``[B, C, D]`` tensor.
+    A training step calls one of two methods, each returning a :class:`~recsys.capabilities.StepOutput` (the
+    embeddings plus the step's penalty and extra loss terms): :meth:`forward` embeds the batch's candidates,
+    :meth:`catalogue_step` embeds the queries against the whole item table (full-catalogue softmax). Encoders that
+    compute the whole item table at every step anyway declare :class:`~recsys.capabilities.ScoresAgainstTable`.
+    Every other optional hook is a capability declared in :mod:`recsys.capabilities`.
+
+    Encoders that propagate both sides jointly (graphs) override ``propagate`` so that evaluation computes the
+    tables once per pass (see :meth:`precompute`), not once per batch.
 
     Shapes:
-        batch.users: [B]; batch.items: [B, C] -> (query [B, D], items [B, C, D])
+        batch.users: [B]; batch.items: [B, C] -> StepOutput(query [B, D], candidates [B, C, D])
     """
 
     out_dim: int
@@ -62,12 +66,40 @@ class RecEncoder(nn.Module):
     def encode_items(self, items: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        return self.encode_queries(batch), self.encode_items(batch.items)
+    def forward(self, batch: Batch) -> StepOutput:
+        """The batch's query and candidate embeddings, with the step's penalty and extra loss terms.
+
+        Shapes:
+            batch.users: [B]; batch.items: [B, C] -> StepOutput(query [B, D], candidates [B, C, D])
+        """
+        query, cands = self.encode_queries(batch), self.encode_items(batch.items)
+        return StepOutput(query, cands, self.regularization(batch), self.batch_losses(batch))
+
+    def catalogue_step(self, batch: Batch, per_position: bool = False) -> StepOutput:
+        """Queries against the whole item table (full-catalogue negatives), with the step's extra terms.
+
+        Args:
+            batch: the training batch.
+            per_position: embed the query after every history position (the encoder must declare
+                :class:`~recsys.capabilities.EncodesPositions`).
+
+        Shapes:
+            -> StepOutput(query [B, D] (or [B, L, D] per position), candidates [N, D])
+        """
+        query = self.encode_query_positions(batch) if per_position else self.encode_queries(batch)
+        return StepOutput(query, self.item_table(), self.regularization(batch), self.batch_losses(batch))
 
     def regularization(self, batch: Batch) -> Tensor:
         """An L2 penalty on the ego parameters a batch touches (the model multiplies it by its weight)."""
         return torch.zeros((), device=batch.users.device)
+
+    def batch_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """Extra, already weighted loss terms that depend on the batch alone (e.g. Recformer's MLM); none here."""
+        return {}
+
+    def bytes_per_item(self) -> float:
+        """Bytes to store one item's served representation (float32 unless a wrapper compresses it)."""
+        return 4.0 * self.out_dim
 
     def item_table(self, chunk_size: int = 65536) -> Tensor:
         """Every item's embedding.

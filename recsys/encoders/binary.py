@@ -18,9 +18,10 @@ import math
 import torch
 from torch import Tensor
 
+from recsys.capabilities import StepOutput
 from recsys.data.batch import Batch
 from recsys.encoders.base import RecEncoder
-from recsys.encoders.wrapper import EncoderWrapper, combine_aux
+from recsys.encoders.wrapper import EncoderWrapper
 from recsys.losses import BPRLoss, Loss
 
 
@@ -76,12 +77,11 @@ class BinaryCodes(EncoderWrapper):
         """
         return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
-    def auxiliary_loss(self, batch: Batch) -> Tensor | None:
-        query, cands = self.inner_embeddings(batch)
-        q, c = sign_ste(query), sign_ste(cands)
-        # Scaled by 1/√D so that code scores have the spread of unit-variance float scores, whatever D.
-        own = self.weight * code_ranking_loss(self.code_loss, q, c, batch) if self.weight else None
-        return combine_aux(super().auxiliary_loss(batch), own)
+    def wrapper_losses(self, batch: Batch, inner: StepOutput, state=None) -> dict[str, Tensor]:
+        if not self.weight:
+            return {}
+        query, cands = self.inner_rows(batch, inner)
+        return {"codes": self.weight * code_ranking_loss(self.code_loss, sign_ste(query), sign_ste(cands), batch)}
 
     def bytes_per_item(self) -> float:
         """Bytes per item of the packed code (the float table used for re-ranking is not counted)."""

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.capabilities import ScoresAgainstTable, StepOutput
 from recsys.encoders.base import RecEncoder
 
 __all__ = ["Adjacency", "SpMM", "spmm", "sparse_mm", "SparsePolynomial", "sparse_polynomial", "bipartite_adjacency",
@@ -430,7 +431,7 @@ def init_embedding_(weight: Tensor, n_users: int, init: str, std: float = 0.1) -
                 raise ValueError(f"init must be 'normal', 'xavier' or 'xavier_normal', not {init!r}")
 
 
-class GraphEncoder(RecEncoder):
+class GraphEncoder(ScoresAgainstTable, RecEncoder):
     """Base of encoders that propagate ego embeddings of users and items jointly over the user-item graph.
 
     One ego table holds users (rows ``[0, U)``) then items (rows ``[U, U + I)``), the node order of the adjacency,
@@ -457,7 +458,6 @@ class GraphEncoder(RecEncoder):
         self.n_users = self._n_items = 0
         self.embedding: nn.Embedding | None = None
         self.adj: Adjacency | None = None
-        self._batch_out: tuple[Tensor, Tensor] | None = None
 
     def bind(self, data) -> None:
         self.n_users, self._n_items = data.n_users, data.n_items
@@ -483,28 +483,42 @@ class GraphEncoder(RecEncoder):
         out = self.propagate_nodes()
         return out[:self.n_users], out[self.n_users:]
 
-    def forward(self, batch) -> tuple[Tensor, Tensor]:
+    def forward(self, batch) -> StepOutput:
         if self._tables is not None:
             return super().forward(batch)
+        query, cands = self.batch_rows(batch)
+        return StepOutput(query, cands, self.step_penalty(batch, query, cands), self.batch_losses(batch))
+
+    def batch_rows(self, batch) -> tuple[Tensor, Tensor]:
+        """The batch's propagated user and candidate embeddings, from one propagation.
+
+        Shapes:
+            batch.users: [B]; batch.items: [B, C] -> (query [B, out_dim], candidates [B, C, out_dim])
+        """
         n_batch, n_cands = batch.items.shape
         # One gather for users and candidates: its backward is one scatter into one zero [N, D] gradient.
         rows = torch.cat([batch.users, batch.items.reshape(-1) + self.n_users])
         # ``split`` (not slicing): its backward is one concatenation, where each slice's would zero-fill a copy.
         query, cands = torch.split(self.propagate_nodes(rows), [n_batch, n_batch * n_cands])
-        cands = cands.view(n_batch, n_cands, -1)
-        # Kept for ``regularization`` of the same step (the official NGCF penalises propagated embeddings).
-        self._batch_out = (query, cands) if self.training else None
-        return query, cands
+        return query, cands.view(n_batch, n_cands, -1)
 
-    def training_tables(self, batch) -> tuple[Tensor, Tensor]:
+    def step_penalty(self, batch, query: Tensor, cands: Tensor) -> Tensor:
+        """The step's L2 penalty given its propagated embeddings; the ego rows' (:meth:`ego_regularization`) here.
+
+        Shapes:
+            query: [B, out_dim]; cands: [B, C, out_dim] -> scalar
+        """
+        return self.ego_regularization(batch)
+
+    def training_tables(self, batch) -> StepOutput:
         """The batch's user embeddings and the whole item table, for scoring many negatives by one GEMM.
 
         Shapes:
-            batch.users: [B] -> (query [B, out_dim], items [I, out_dim])
+            batch.users: [B] -> StepOutput(query [B, out_dim], candidates [I, out_dim])
         """
-        self._batch_out = None
         users, items = self.propagate()
-        return users.index_select(0, batch.users), items
+        query = users.index_select(0, batch.users)
+        return StepOutput(query, items, self.step_penalty(batch, query, items[batch.items]), self.batch_losses(batch))
 
     def _table(self) -> tuple[Tensor, Tensor]:
         return self._tables if self._tables is not None else self.propagate()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.capabilities import EmbedsNewItems, ScoresAgainstTable, StepOutput
 from recsys.encoders.base import RecEncoder
 from recsys.encoders.graph import Adjacency, LightGCNPropagation, bipartite_adjacency
 
@@ -136,7 +137,7 @@ def make_mapping(in_dim: int, out_dim: int, mapping: str, hidden_dim: int | None
     raise ValueError(f"mapping must be 'linear' or 'mlp', not {mapping!r}")
 
 
-class AlphaRec(RecEncoder):
+class AlphaRec(ScoresAgainstTable, EmbedsNewItems, RecEncoder):
     """AlphaRec: mapped frozen LM embeddings of users (history means) and items, smoothed by LightGCN propagation.
 
     ``E⁰ = f([mean_{i∈N(u)} z_i ; z_i])`` with ``z_i`` the LM embedding of item i's flattened text and ``f`` the
@@ -241,24 +242,26 @@ class AlphaRec(RecEncoder):
         out = self.propagate_nodes()
         return out[:self.n_users], out[self.n_users:]
 
-    def forward(self, batch) -> tuple[Tensor, Tensor]:
+    def forward(self, batch) -> StepOutput:
         if self._tables is not None:
             return super().forward(batch)
         # Training: the mapping and propagation cover the whole graph once per step, then the batch is gathered.
         # Two index_selects, not one over concatenated rows and a split: the split's backward would concatenate
         # the [B·C, D] candidate gradient once more (about 5% of a step at 256 negatives).
         users, items = self.propagate()
-        return users.index_select(0, batch.users), items.index_select(0, batch.items.reshape(-1)).view(
-            *batch.items.shape, -1)
+        cands = items.index_select(0, batch.items.reshape(-1)).view(*batch.items.shape, -1)
+        return StepOutput(users.index_select(0, batch.users), cands, self.regularization(batch),
+                          self.batch_losses(batch))
 
-    def training_tables(self, batch) -> tuple[Tensor, Tensor]:
+    def training_tables(self, batch) -> StepOutput:
         """The batch's user embeddings and the whole item table, for scoring many negatives by one GEMM.
 
         Shapes:
-            batch.users: [B] -> (query [B, dim], items [I, dim])
+            batch.users: [B] -> StepOutput(query [B, dim], candidates [I, dim])
         """
         users, items = self.propagate()
-        return users.index_select(0, batch.users), items
+        return StepOutput(users.index_select(0, batch.users), items, self.regularization(batch),
+                          self.batch_losses(batch))
 
     def _table(self) -> tuple[Tensor, Tensor]:
         return self._tables if self._tables is not None else self.propagate()
@@ -270,15 +273,14 @@ class AlphaRec(RecEncoder):
         return self._table()[1][items]
 
     @torch.no_grad()
-    def embed_new_items(self, texts: Sequence[str]) -> Tensor:
-        """Embeddings of items outside the catalogue from their text alone (zero-shot), as a cold catalogue item.
-
-        An item without edges keeps only layer 0 of the propagation, ``α₀ f(z)``.
+    def embed_new_items(self, table) -> Tensor:
+        """Embeddings of items outside the catalogue from their side-table text alone (zero-shot), as a cold
+        catalogue item: an item without edges keeps only layer 0 of the propagation, ``α₀ f(z)``.
 
         Shapes:
-            texts: N strings -> [N, dim]
+            table: N rows (the training side table's attributes) -> [N, dim]
         """
-        z = self.text.embed(texts).to(self.lm_nodes.device)
+        z = self.text.embed(self.text.texts(table)).to(self.lm_nodes.device)
         x = self.mapping(z)
         out = self.propagation.alpha[0] * x
         if self.cold_neighbors > 0:
@@ -290,7 +292,7 @@ class AlphaRec(RecEncoder):
         return F.normalize(out, dim=-1) if self.normalize_output else out
 
 
-class LinearProbe(RecEncoder):
+class LinearProbe(EmbedsNewItems, RecEncoder):
     """Linear probe of LM item embeddings: items are ``W z_i`` (bias-free), no graph.
 
     The AlphaRec paper's linear-mapping experiment (users = the mapped mean of their history, ``user="history"``);
@@ -357,10 +359,10 @@ class LinearProbe(RecEncoder):
         return self._out(self.mapping(self.lm_items[items]))
 
     @torch.no_grad()
-    def embed_new_items(self, texts: Sequence[str]) -> Tensor:
-        """Embeddings of items outside the catalogue from their text alone.
+    def embed_new_items(self, table) -> Tensor:
+        """Embeddings of items outside the catalogue from their side-table text alone.
 
         Shapes:
-            texts: N strings -> [N, dim]
+            table: N rows (the training side table's attributes) -> [N, dim]
         """
-        return self._out(self.mapping(self.text.embed(texts).to(self.lm_items.device)))
+        return self._out(self.mapping(self.text.embed(self.text.texts(table)).to(self.lm_items.device)))

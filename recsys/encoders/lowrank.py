@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from recsys.data.batch import Batch
+from recsys.capabilities import ExplicitConcepts
 from recsys.encoders.base import RecEncoder
 from recsys.encoders.wrapper import EncoderWrapper
 
@@ -38,6 +38,9 @@ class LowRank(EncoderWrapper):
         batch.users: [B]; batch.items: [B, C] -> (query [B, dim], items [B, C, dim])
     """
 
+    #: the basis mixes coordinates, so named concept dimensions do not survive it.
+    refuses = (ExplicitConcepts,)
+
     def __init__(self, encoder: RecEncoder, dim: int = 64, min_rank: int = 1, p_full: float = 0.25,
                  rank: int | None = None) -> None:
         super().__init__(encoder)
@@ -47,7 +50,6 @@ class LowRank(EncoderWrapper):
         self.out_dim, self.min_rank, self.p_full = dim, min_rank, p_full
         self.basis = nn.Parameter(torch.randn(self.max_rank, dim) / math.sqrt(self.max_rank))
         self.set_rank(rank)
-        self._step_rank: int | None = None
 
     def set_rank(self, rank: int | None) -> None:
         """Serve the first ``rank`` components (None: all); no retraining."""
@@ -55,25 +57,16 @@ class LowRank(EncoderWrapper):
             raise ValueError(f"rank must be in [1, {self.max_rank}], got {rank}")
         self.rank = rank
 
-    def _active_rank(self) -> int:
-        if self.training and self._step_rank is not None:
-            return self._step_rank
-        return self.rank or self.max_rank
+    def step_state(self) -> int | None:
+        """Ordered dropout: the rank of this training step (None: full rank), one draw per step."""
+        # The same rank for queries and candidates, so the step trains one truncated model.
+        if float(torch.rand(())) >= self.p_full:
+            return int(torch.randint(self.min_rank, self.max_rank + 1, ()))
+        return None
 
-    def transform(self, x: Tensor, side: str) -> Tensor:
-        k = self._active_rank()
+    def transform(self, x: Tensor, side: str, state: int | None = None) -> Tensor:
+        k = state or self.rank or self.max_rank
         return x[..., :k] @ self.basis[:k]
-
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        # One rank per step, the same for queries and candidates, so the step trains one truncated model.
-        if self.training and float(torch.rand(())) >= self.p_full:
-            self._step_rank = int(torch.randint(self.min_rank, self.max_rank + 1, ()))
-        else:
-            self._step_rank = None
-        try:
-            return super().forward(batch)
-        finally:
-            self._step_rank = None
 
     def parameter_count(self, rank: int | None = None, n_rows: int | None = None) -> int:
         """Parameters of the truncated model: ``n_rows · k`` factor entries plus ``k · dim`` basis entries.

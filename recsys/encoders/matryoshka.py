@@ -44,5 +44,5 @@ class Matryoshka(EncoderWrapper):
         self.dim = dim
         self.out_dim = dim or self.encoder.out_dim
 
-    def transform(self, x: Tensor, side: str) -> Tensor:
+    def transform(self, x: Tensor, side: str, state=None) -> Tensor:
         return x if self.dim is None else x[..., :self.dim]

@@ -88,11 +88,13 @@ class NGCF(GraphEncoder):
         out = torch.cat(outs, dim=1)
         return out if inverse is None else out.index_select(0, inverse)
 
+    def step_penalty(self, batch, query: Tensor, cands: Tensor) -> Tensor:
+        if self.variant == "paper":
+            return self.ego_regularization(batch)
+        return 0.5 * (query.pow(2).sum() + cands.pow(2).sum())
+
     def regularization(self, batch) -> Tensor:
         if self.variant == "paper":
             return self.ego_regularization(batch)
-        if self._batch_out is None:  # called without a training forward: recompute this batch's embeddings
-            self._batch_out = GraphEncoder.forward(self, batch)
-        query, cands = self._batch_out
-        self._batch_out = None
-        return 0.5 * (query.pow(2).sum() + cands.pow(2).sum())
+        # Outside a training forward (full-catalogue steps): this batch's propagated embeddings, computed here.
+        return self.step_penalty(batch, *self.batch_rows(batch))

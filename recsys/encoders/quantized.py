@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.capabilities import EpochAware, StepOutput
 from recsys.data.batch import Batch
 from recsys.encoders.base import RecEncoder
-from recsys.encoders.wrapper import EncoderWrapper, combine_aux
+from recsys.encoders.wrapper import EncoderWrapper
 
 
-class LatentQuantization(EncoderWrapper):
+class LatentQuantization(EpochAware, EncoderWrapper):
     """Quantizes the item side (or both sides) of any encoder to a per-dimension codebook of ``levels`` values.
 
     Args:
@@ -66,7 +67,8 @@ class LatentQuantization(EncoderWrapper):
         self.codebook.copy_(torch.quantile(table.float(), probs, dim=0).T.to(self.codebook))
 
     def on_train_epoch_start(self, epoch: int) -> None:
-        super().on_train_epoch_start(epoch)
+        if isinstance(self.encoder, EpochAware):
+            self.encoder.on_train_epoch_start(epoch)
         if epoch < self.calibrate_epochs:
             self.calibrate()
 
@@ -96,23 +98,21 @@ class LatentQuantization(EncoderWrapper):
         dims = torch.arange(x.shape[-1], device=x.device).expand_as(idx)
         return cb[dims, idx]
 
-    def transform(self, x: Tensor, side: str) -> Tensor:
+    def transform(self, x: Tensor, side: str, state=None) -> Tensor:
         if side == "query" and self.sides == "item":
             return x
         # Straight-through: exactly the value of q (x − x.detach() is 0), the gradient of x.
         return self.quantize(x).detach() + (x - x.detach())
 
-    def auxiliary_loss(self, batch: Batch) -> Tensor | None:
-        query, cands = self.inner_embeddings(batch)
-        xs = [cands] if self.sides == "item" else [cands, query]
-        own = None
-        if self.weight:
-            terms = []
-            for x in xs:
-                q = self.quantize(x)
-                terms.append(F.mse_loss(q, x.detach()) + self.commitment * F.mse_loss(x, q.detach()))
-            own = self.weight * sum(terms)
-        return combine_aux(super().auxiliary_loss(batch), own)
+    def wrapper_losses(self, batch: Batch, inner: StepOutput, state=None) -> dict[str, Tensor]:
+        if not self.weight:
+            return {}
+        query, cands = self.inner_rows(batch, inner)
+        terms = []
+        for x in [cands] if self.sides == "item" else [cands, query]:
+            q = self.quantize(x)
+            terms.append(F.mse_loss(q, x.detach()) + self.commitment * F.mse_loss(x, q.detach()))
+        return {"quantization": self.weight * sum(terms)}
 
     def bits_per_dim(self) -> int:
         return max(1, math.ceil(math.log2(self.levels)))

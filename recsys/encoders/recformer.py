@@ -15,10 +15,10 @@ copied into Longformer's ``query_global``/``key_global``/``value_global`` (the L
 
 Training stages, all through the generic ``RecModel`` with ``CosineScorer(temperature=0.05)`` + ``SoftmaxLoss``:
 
-* pre-training (``item_table="trainable"``, ``RecModel(negatives="in_batch")``): item-item contrastive between a
+* pre-training (``item_table="trainable"``, ``RecModel(negatives=InBatchNegatives())``): item-item contrastive between a
   prefix and its next item, with in-batch negatives and gradients through both sides, plus ``mlm_weight`` × masked
   language modelling of both (returned by :meth:`Recformer.auxiliary_loss`, which ``RecModel`` adds);
-* fine-tuning stage 1 (``item_table="epoch"``, ``negatives="full"``): the item table is re-encoded, without
+* fine-tuning stage 1 (``item_table="epoch"``, ``negatives=FullCatalogue()``): the item table is re-encoded, without
   gradients, at the start of every epoch, and the sequence side is trained by softmax over the whole catalogue;
 * stage 2 (``item_table="frozen"``, ``init_from`` = the stage-1 run): the best stage-1 model keeps its item table
   (saved in its state) fixed.
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.capabilities import EpochAware
 from recsys.data.batch import Batch
 from recsys.encoders.base import RecEncoder
 from recsys.text.recformer_tokens import (
@@ -224,7 +225,7 @@ def bert_to_longformer(weights: dict[str, Tensor], num_layers: int) -> dict[str,
     return out
 
 
-class Recformer(RecEncoder):
+class Recformer(EpochAware, RecEncoder):
     """Recformer: one Longformer embeds item texts and reversed item-text sequences (``<s>`` pooling).
 
     Li et al., "Text Is All You Need: Learning Language Representations for Sequential Recommendation", KDD 2023.
@@ -510,19 +511,20 @@ class Recformer(RecEncoder):
             self.refresh_item_cache()
 
     # ------------------------------------------------------------------------------------------ MLM
-    def auxiliary_loss(self, batch: Batch) -> Tensor | None:
-        """``mlm_weight`` × (MLM loss of the query sequences + MLM loss of the positive items), while training.
+    def batch_losses(self, batch: Batch) -> dict[str, Tensor]:
+        """``mlm``: ``mlm_weight`` × (MLM loss of the query sequences + MLM loss of the positive items), while
+        training.
 
         As the official pre-training, the masked copies run as separate forward passes, so the contrastive
         embeddings see clean inputs. Tokens are masked individually (the official code masks whole words).
         """
         if not self.training or self.mlm_weight <= 0:
-            return None
+            return {}
         loss = self._mlm(self.query_inputs(batch.history)) if batch.history is not None else None
         if batch.items is not None:
             item_loss = self._mlm(self.item_inputs(batch.items[:, 0]))
             loss = item_loss if loss is None else loss + item_loss
-        return None if loss is None else self.mlm_weight * loss
+        return {} if loss is None else {"mlm": self.mlm_weight * loss}
 
     def _mlm(self, inputs: dict[str, Tensor]) -> Tensor:
         ids, types = inputs["input_ids"], inputs["token_type_ids"]

@@ -3,7 +3,7 @@
 Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018. This follows RecBole's SASRec (the peer
 baseline of protocol P2): item + learnt position embeddings → LayerNorm → dropout, post-LayerNorm Transformer blocks
 with causal attention, GELU feed-forward, item embeddings shared between input and output, trained with softmax
-cross-entropy over the whole catalogue (``RecModel(negatives="full")`` + ``SoftmaxLoss``). Two ways to feed it:
+cross-entropy over the whole catalogue (``RecModel(negatives=FullCatalogue())`` + ``SoftmaxLoss``). Two ways to feed it:
 
 * ``data.loader.examples: sequences`` (default config): the original all-positions training, one window per user
   per epoch and a target at every position, so one forward pass gives up to ``max_len`` training signals;
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.capabilities import EncodesPositions
 from recsys.data.batch import Batch
 from recsys.encoders.base import RecEncoder
 
@@ -58,7 +59,7 @@ class SASRecBlock(nn.Module):
         return self.ln2(x + self.drop(self.ff(x)))
 
 
-class SASRec(RecEncoder):
+class SASRec(EncodesPositions, RecEncoder):
     """SASRec: the query is the causal Transformer's output at the most recent history item.
 
     Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018 (RecBole's variant, see the module doc).

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.capabilities import ExplicitConcepts, StepOutput
 from recsys.data.concepts import Concepts, ConceptVocabulary
 from recsys.encoders.base import RecEncoder
 from recsys.encoders.language import TextFeatures, history_mean
@@ -54,7 +55,7 @@ def _sparse(m: sp.spmatrix) -> Tensor:
     return torch.sparse_coo_tensor(idx, torch.from_numpy(m.data), size=m.shape, check_invariants=False).coalesce()
 
 
-class SESA(RecEncoder):
+class SESA(ExplicitConcepts, RecEncoder):
     """Explicit-concept encoder: non-negative activations ``e_k = f(h · c_k + b_k) + softplus(γ_k)·declared_k``.
 
     Bogdanova & Yazdani, "SESA: Supervised Explicit Semantic Analysis", arXiv:1708.03246, 2017.
@@ -97,16 +98,16 @@ class SESA(RecEncoder):
         self.declared_weight, self.residual_std, self.l1_weight = declared_weight, residual_std, l1_weight
         self.undeclared_l1, self.item_support = undeclared_l1, item_support
         self.vocab: ConceptVocabulary | None = None
-        self.concept_names: list[str] = []
+        self._concept_names: list[str] = []
+        self.concept_emb: nn.Parameter | None = None  # allocated at the first bind (a reload keeps the trained one)
         self.out_dim = 0
         self._n_items = 0
-        self._last: list[Tensor] = []
 
     # ------------------------------------------------------------------------------------------------ binding
     def bind(self, data) -> None:
         self.vocab = self.concepts.build(data)
-        self.concept_names = list(self.vocab.names)
-        k = self.out_dim = len(self.concept_names)
+        self._concept_names = list(self.vocab.names)
+        k = self.out_dim = len(self._concept_names)
         self._n_items = data.n_items
         z = self.text.item_table(data)
         h = z.shape[1]
@@ -119,8 +120,8 @@ class SESA(RecEncoder):
         self.register_buffer("train_mean", _sparse(sp.diags(1.0 / np.maximum(
             np.diff(data.train.indptr), 1)).astype(np.float32) @ (data.train > 0).astype(np.float32)),
             persistent=False)
-        if getattr(self, "concept_emb", None) is None:
-            names = self.text.embed(self.concept_names)
+        if self.concept_emb is None:
+            names = self.text.embed(self._concept_names)
             self.concept_emb = nn.Parameter(names.clone())
             # Each side's bias starts at minus its median logit per concept, so at initialisation every concept is
             # active for about half of the rows: with raw LM similarities a ReLU concept can start dead everywhere
@@ -213,7 +214,11 @@ class SESA(RecEncoder):
         users = self.user_activations(torch.arange(self.lm_users.shape[0], device=dev), items)
         return users, items
 
-    def forward(self, batch) -> tuple[Tensor, Tensor]:
+    def concept_names(self) -> list[str]:
+        """The concept of each output dimension."""
+        return list(self._concept_names)
+
+    def forward(self, batch) -> StepOutput:
         if self._tables is not None:
             return super().forward(batch)
         if self.user == "pooled" or batch.items.numel() >= self._n_items:
@@ -224,9 +229,8 @@ class SESA(RecEncoder):
         else:
             items = self.item_activations(batch.items)
             users = self.user_activations(batch.users)
-        if self.training and (self.l1_weight > 0 or self.undeclared_l1 > 0):
-            self._last = [users, items]
-        return users, items
+        losses = self.sparsity_losses(batch, users, items) if self.training else {}
+        return StepOutput(users, items, self.regularization(batch), losses)
 
     def encode_queries(self, batch) -> Tensor:
         if self._tables is not None:
@@ -246,20 +250,22 @@ class SESA(RecEncoder):
             reg = reg + self.item_residual(batch.items.reshape(-1)).pow(2).sum()
         return reg
 
-    def auxiliary_loss(self, batch) -> Tensor | None:
-        """``l1_weight × (mean ‖e_u‖₁ + mean ‖e_i‖₁) + undeclared_l1 × mean ‖e_i ⊙ (1 − declared_i)‖₁`` over the
-        batch's activations; None when both are off."""
+    def sparsity_losses(self, batch, users: Tensor, items: Tensor) -> dict[str, Tensor]:
+        """``sparsity``: ``l1_weight × (mean ‖e_u‖₁ + mean ‖e_i‖₁) + undeclared_l1 × mean ‖e_i ⊙ (1 − declared_i)‖₁``
+        over the step's activations; none when both weights are 0.
+
+        Shapes:
+            users: [B, K]; items: [B, C, K]
+        """
         if self.l1_weight <= 0 and self.undeclared_l1 <= 0:
-            return None
-        users, items = self._last or self(batch)
-        self._last = []
+            return {}
         loss = torch.zeros((), device=users.device)
         if self.l1_weight > 0:
             loss = loss + self.l1_weight * (users.sum(-1).mean() + items.sum(-1).mean())
         if self.undeclared_l1 > 0:
             off = 1.0 - self.item_declared[batch.items]
             loss = loss + self.undeclared_l1 * (items * off).sum(-1).mean()
-        return loss
+        return {"sparsity": loss}
 
     @torch.no_grad()
     def contributions(self, users: Tensor, items: Tensor, scorer=None) -> Tensor:
@@ -273,9 +279,8 @@ class SESA(RecEncoder):
         Shapes:
             users: [B]; items: [B] -> [B, K]
         """
-        from recsys.scoring.explain import concept_contributions
-
         q, i = self.user_activations(users), self.item_activations(items)
         if scorer is not None:
             q, i = scorer.prepare_queries(q), scorer.prepare_items(i)
-        return concept_contributions(q, i)
+        # Each term of the inner product is one concept's share of the score.
+        return q * i

@@ -6,48 +6,132 @@ encoder, a text encoder, a unified or SESA encoder) and stays a ``RecEncoder``: 
 scoring see no difference. Wrapping the two-sided encoder, not one side's ``Encoder``, is what lets joint encoders
 (LightGCN propagates users and items together) be wrapped at all; for MF, a ``TwoTower`` of ID tables, it is the
 same as wrapping each side.
+
+A wrapper keeps every declared capability (:mod:`recsys.capabilities`) of the encoder it wraps: constructing one
+picks, for each capability the inner encoder has, the delegating mixin of :data:`DELEGATES`, so
+``isinstance(Matryoshka(LightGCN()), ScoresAgainstTable)`` holds exactly when it holds for the LightGCN. A wrapper
+whose mapping cannot honour a capability lists it in ``refuses`` and is refused at construction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 from torch import Tensor
 
+from recsys.capabilities import (
+    CAPABILITIES,
+    EmbedsNewItems,
+    EncodesPositions,
+    EpochAware,
+    ExplicitConcepts,
+    ScoresAgainstTable,
+    StepOutput,
+    UsesGallery,
+)
 from recsys.data.batch import Batch
 from recsys.encoders.base import RecEncoder
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class EncoderWrapper(RecEncoder):
     """Delegates everything to ``encoder`` and passes both sides' embeddings through :meth:`transform`.
 
-    Subclasses override :meth:`transform` (and :meth:`bind_wrapper` for data-dependent state). The inner encoder's
-    own ``forward`` is used for training batches, so its fast paths (one gather per step for graphs) are kept.
+    Subclasses override :meth:`transform` (and :meth:`bind_wrapper` for data-dependent state, :meth:`step_state`
+    for a per-step choice such as ordered dropout's rank, :meth:`wrapper_losses` for their own loss terms). The
+    inner encoder's own ``forward`` is used for training batches, so its fast paths (one gather per step for
+    graphs) are kept.
 
     Args:
         encoder: the wrapped two-sided encoder.
 
     Shapes:
-        batch.users: [B]; batch.items: [B, C] -> (query [B, out_dim], items [B, C, out_dim])
+        batch.users: [B]; batch.items: [B, C] -> StepOutput(query [B, out_dim], candidates [B, C, out_dim])
     """
+
+    #: capabilities this wrapper's mapping cannot keep (construction fails when the inner encoder has one).
+    refuses: tuple[type, ...] = ()
+
+    def __new__(cls, encoder: RecEncoder | None = None, *args: Any, **kwargs: Any):
+        inner = encoder if encoder is not None else kwargs.get("encoder")
+        caps = tuple(c for c in CAPABILITIES if isinstance(inner, c) and not issubclass(cls, c))
+        refused = [c.__name__ for c in caps if c in cls.refuses]
+        if refused:
+            raise ValueError(f"{cls.__name__} cannot wrap {type(inner).__name__}: its mapping cannot keep the "
+                             f"wrapped encoder's {', '.join(refused)} capability")
+        return super().__new__(_with_delegates(cls, caps))
 
     def __init__(self, encoder: RecEncoder) -> None:
         super().__init__()
         self.encoder = encoder
         self.out_dim = encoder.out_dim
         self.history_len = encoder.history_len
-        #: the last training batch's inner embeddings, for auxiliary losses of the same step (cleared in eval).
-        self._batch_inner: tuple[Tensor, Tensor] | None = None
 
     # The mapping subclasses define.
-    def transform(self, x: Tensor, side: str) -> Tensor:
+    def transform(self, x: Tensor, side: str, state: Any = None) -> Tensor:
         """Map inner embeddings of ``side`` (``"query"`` or ``"item"``) to this encoder's embeddings.
+
+        Args:
+            x: inner embeddings.
+            side: ``"query"`` or ``"item"``.
+            state: the training step's :meth:`step_state` (None outside training steps).
 
         Shapes:
             x: [..., encoder.out_dim] -> [..., out_dim]
         """
         return x
 
+    def step_state(self) -> Any:
+        """A choice made once per training step and applied to both sides (None: none)."""
+        return None
+
+    def wrapper_losses(self, batch: Batch, inner: StepOutput, state: Any) -> dict[str, Tensor]:
+        """This wrapper's own extra loss terms, from the inner encoder's embeddings of the step (none here)."""
+        return {}
+
     def bind_wrapper(self, data) -> None:
         """Allocate the wrapper's own data-dependent state, after the inner encoder is bound."""
+
+    def inner_rows(self, batch: Batch, inner: StepOutput) -> tuple[Tensor, Tensor]:
+        """The inner embeddings of the batch's queries and candidates, whichever step produced ``inner``.
+
+        A table step (``training_tables``, ``catalogue_step``) returns the whole item table: its rows are picked;
+        per-position queries are replaced by the users' queries.
+
+        Shapes:
+            -> (query [B, encoder.out_dim], candidates [B, C, encoder.out_dim])
+        """
+        q = inner.query if inner.query.dim() == 2 and len(inner.query) == len(batch) \
+            else self.encoder.encode_queries(batch)
+        c = inner.candidates if inner.candidates.dim() == 3 else inner.candidates[batch.items]
+        return q, c
+
+    # The training step: the inner step's embeddings mapped, its terms kept, the wrapper's own added.
+    def wrap_step(self, batch: Batch, inner: StepOutput, state: Any = None) -> StepOutput:
+        """Map an inner :class:`StepOutput` (candidates per row or the whole table) through this wrapper.
+
+        ``state`` is the step's :meth:`step_state`, drawn before the inner step ran (so random draws keep their
+        order: the wrapper's first, then the inner encoder's).
+        """
+        losses = dict(inner.losses)
+        for name, term in self.wrapper_losses(batch, inner, state).items():
+            losses[_unique(losses, name)] = term
+        return StepOutput(self.transform(inner.query, "query", state), self.transform(inner.candidates, "item", state),
+                          inner.penalty, losses)
+
+    def _state(self) -> Any:
+        return self.step_state() if self.training else None
+
+    def forward(self, batch: Batch) -> StepOutput:
+        state = self._state()
+        return self.wrap_step(batch, self.encoder(batch), state)
+
+    def catalogue_step(self, batch: Batch, per_position: bool = False) -> StepOutput:
+        state = self._state()
+        return self.wrap_step(batch, self.encoder.catalogue_step(batch, per_position), state)
 
     # RecEncoder interface, delegated.
     def bind(self, data) -> None:
@@ -64,39 +148,14 @@ class EncoderWrapper(RecEncoder):
     def encode_items(self, items: Tensor) -> Tensor:
         return self.transform(self.encoder.encode_items(items), "item")
 
-    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        query, cands = self.encoder(batch)
-        self._batch_inner = (query, cands) if self.training else None
-        return self.transform(query, "query"), self.transform(cands, "item")
-
     def item_table(self, chunk_size: int = 65536) -> Tensor:
         return self.transform(self.encoder.item_table(chunk_size), "item")
 
     def regularization(self, batch: Batch) -> Tensor:
         return self.encoder.regularization(batch)
 
-    def inner_embeddings(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """The inner encoder's (query, candidates) of this training batch, reusing the forward pass's output.
-
-        Shapes:
-            -> (query [B, encoder.out_dim], items [B, C, encoder.out_dim])
-        """
-        if self._batch_inner is not None and self._batch_inner[1].shape[:2] == batch.items.shape:
-            return self._batch_inner
-        # The model did not call forward (full-catalogue negatives): embed the batch's candidates directly.
-        return self.encoder.encode_queries(batch), self.encoder.encode_items(batch.items)
-
-    def auxiliary_loss(self, batch: Batch) -> Tensor | None:
-        fn = getattr(self.encoder, "auxiliary_loss", None)
-        return fn(batch) if callable(fn) else None
-
-    def on_train_epoch_start(self, epoch: int) -> None:
-        hook = getattr(self.encoder, "on_train_epoch_start", None)
-        if callable(hook):
-            hook(epoch)
-
-    def encode_query_positions(self, batch: Batch) -> Tensor:
-        return self.transform(self.encoder.encode_query_positions(batch), "query")
+    def batch_losses(self, batch: Batch) -> dict[str, Tensor]:
+        return self.encoder.batch_losses(batch)
 
     # Joint propagation: the inner encoder holds the cache.
     def propagate(self):
@@ -108,18 +167,73 @@ class EncoderWrapper(RecEncoder):
     def clear_cache(self) -> None:
         self.encoder.clear_cache()
 
-    def train(self, mode: bool = True):
-        if not mode:
-            self._batch_inner = None
-        return super().train(mode)
-
     def bytes_per_item(self) -> float:
-        """Bytes to store one item's served representation (float32 unless a wrapper compresses it)."""
-        inner = getattr(self.encoder, "bytes_per_item", None)
-        return inner() * self.out_dim / self.encoder.out_dim if callable(inner) else 4.0 * self.out_dim
+        """Bytes per served item: the inner encoder's, scaled to this wrapper's width."""
+        return self.encoder.bytes_per_item() * self.out_dim / self.encoder.out_dim
 
 
-def combine_aux(*terms: Tensor | None) -> Tensor | None:
-    """Sum the auxiliary loss terms that are present (None when none is)."""
-    present = [t for t in terms if t is not None]
-    return sum(present[1:], present[0]) if present else None
+def _unique(taken: dict, name: str) -> str:
+    # Nested wrappers of one kind (Binary(Binary(MF))) each add their term under its own name.
+    key, i = name, 2
+    while key in taken:
+        key, i = f"{name}{i}", i + 1
+    return key
+
+
+# Delegating mixins: how a wrapper keeps each capability of the encoder it wraps.
+class _TableDelegate(ScoresAgainstTable):
+    def training_tables(self, batch: Batch) -> StepOutput:
+        state = self._state()
+        return self.wrap_step(batch, self.encoder.training_tables(batch), state)
+
+
+class _PositionsDelegate(EncodesPositions):
+    def encode_query_positions(self, batch: Batch) -> Tensor:
+        # Outside a step (no state): catalogue_step, which the model calls, draws the step's state itself.
+        return self.transform(self.encoder.encode_query_positions(batch), "query")
+
+
+class _EpochDelegate(EpochAware):
+    def on_train_epoch_start(self, epoch: int) -> None:
+        self.encoder.on_train_epoch_start(epoch)
+
+
+class _NewItemsDelegate(EmbedsNewItems):
+    def embed_new_items(self, table: pd.DataFrame) -> Tensor:
+        return self.transform(self.encoder.embed_new_items(table), "item")
+
+
+class _ConceptsDelegate(ExplicitConcepts):
+    def concept_names(self) -> Sequence[str]:
+        # A wrapper that keeps concepts keeps dimensions in place (a prefix at most): the names follow them.
+        return list(self.encoder.concept_names())[:self.out_dim]
+
+
+class _GalleryDelegate(UsesGallery):
+    def gallery_run(self) -> str | None:
+        return self.encoder.gallery_run()
+
+    def set_gallery(self, items: Tensor) -> None:
+        self.encoder.set_gallery(items)
+
+
+#: capability -> the mixin that delegates it to the wrapped encoder.
+DELEGATES: dict[type, type] = {ScoresAgainstTable: _TableDelegate, EncodesPositions: _PositionsDelegate,
+                               EpochAware: _EpochDelegate, EmbedsNewItems: _NewItemsDelegate,
+                               ExplicitConcepts: _ConceptsDelegate, UsesGallery: _GalleryDelegate}
+assert set(DELEGATES) == set(CAPABILITIES), "every capability needs a delegate"
+
+_CLASSES: dict[tuple[type, tuple[type, ...]], type] = {}
+
+
+def _with_delegates(cls: type, caps: tuple[type, ...]) -> type:
+    """``cls`` with the delegating mixins of ``caps`` in front (one class per combination, cached)."""
+    if not caps:
+        return cls
+    key = (cls, caps)
+    if key not in _CLASSES:
+        mixins = tuple(DELEGATES[c] for c in caps)
+        # Same name and module as ``cls``: error messages, reprs and configs show the wrapper the user wrote.
+        _CLASSES[key] = type(cls.__name__, (*mixins, cls), {"__module__": cls.__module__,
+                                                            "__qualname__": cls.__qualname__})
+    return _CLASSES[key]

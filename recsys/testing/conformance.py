@@ -16,6 +16,10 @@ from recsys.data.batch import Batch
 from recsys.testing.fixtures import checkerboard, group_separation
 
 
+def _embeddings(out) -> tuple:
+    return out.query, out.candidates
+
+
 class EncoderConformance:
     """Contract tests for a ``RecEncoder``. Subclasses implement :meth:`make_encoder`.
 
@@ -57,7 +61,8 @@ class EncoderConformance:
     def test_forward_shapes(self):
         enc, data = self._bound()
         batch = self._with_history(enc, data, self._batch(data))
-        q, c = enc(batch)
+        out = enc(batch)
+        q, c = out.query, out.candidates
         assert q.shape == (len(batch.users), enc.out_dim)
         assert c.shape == (*batch.items.shape, enc.out_dim)
         assert torch.isfinite(q).all() and torch.isfinite(c).all()
@@ -77,9 +82,9 @@ class EncoderConformance:
         enc.eval()
         batch = self._with_history(enc, data, self._batch(data))
         with torch.no_grad():
-            q1, c1 = enc(batch)
+            q1, c1 = _embeddings(enc(batch))
             enc.precompute()
-            q2, c2 = enc(batch)
+            q2, c2 = _embeddings(enc(batch))
             enc.clear_cache()
         torch.testing.assert_close(q1, q2)
         torch.testing.assert_close(c1, c2)
@@ -88,7 +93,7 @@ class EncoderConformance:
         enc, data = self._bound()
         enc.train()
         batch = self._with_history(enc, data, self._batch(data))
-        q, c = enc(batch)
+        q, c = _embeddings(enc(batch))
         (q.unsqueeze(1) * c).sum().backward()
         grads = [p.grad for p in enc.parameters() if p.requires_grad]
         assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
@@ -101,7 +106,7 @@ class EncoderConformance:
         other.eval()
         batch = self._with_history(enc, data, self._batch(data))
         with torch.no_grad():
-            torch.testing.assert_close(enc(batch), other(batch))
+            torch.testing.assert_close(_embeddings(enc(batch)), _embeddings(other(batch)))
 
     def test_learns_checkerboard(self):
         if not self.learns_checkerboard:
@@ -122,7 +127,7 @@ class EncoderConformance:
             ds.set_epoch(epoch)
             for b in range(len(ds)):
                 batch = ds[b]
-                q, c = enc(batch)
+                q, c = _embeddings(enc(batch))
                 s = scorer(q, c)
                 loss = loss_fn(s[:, 0], s[:, 1:])
                 opt.zero_grad()

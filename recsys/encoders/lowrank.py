@@ -57,6 +57,9 @@ class LowRank(EncoderWrapper):
             raise ValueError(f"rank must be in [1, {self.max_rank}], got {rank}")
         self.rank = rank
 
+    def served_dim(self) -> int:
+        return self.basis.shape[1]
+
     def step_state(self) -> int | None:
         """Ordered dropout: the rank of this training step (None: full rank), one draw per step."""
         # The same rank for queries and candidates, so the step trains one truncated model.

@@ -39,10 +39,16 @@ class Matryoshka(EncoderWrapper):
 
     def set_dim(self, dim: int | None) -> None:
         """Serve a different prefix (no parameters change)."""
-        if dim is not None and not 0 < dim <= self.encoder.out_dim:
-            raise ValueError(f"prefix dim must be in [1, {self.encoder.out_dim}], got {dim}")
+        inner = self.encoder.out_dim
+        # An inner width of 0 is not known before binding (it comes from the data): checked again at bind.
+        if dim is not None and not (0 < dim <= inner or (inner == 0 and dim > 0)):
+            raise ValueError(f"prefix dim must be in [1, {inner}], got {dim}")
         self.dim = dim
-        self.out_dim = dim or self.encoder.out_dim
+        self.out_dim = dim or inner
+
+    def served_dim(self) -> int:
+        self.set_dim(self.dim)
+        return self.out_dim
 
     def transform(self, x: Tensor, side: str, state=None) -> Tensor:
         return x if self.dim is None else x[..., :self.dim]

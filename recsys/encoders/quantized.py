@@ -53,6 +53,8 @@ class LatentQuantization(EpochAware, EncoderWrapper):
         self.codebook = nn.Parameter(torch.linspace(-1.0, 1.0, levels).repeat(encoder.out_dim, 1))
 
     def bind_wrapper(self, data) -> None:
+        if self.codebook.shape[0] != self.encoder.out_dim:  # the inner width came from the data
+            self.codebook = nn.Parameter(torch.linspace(-1.0, 1.0, self.levels).repeat(self.encoder.out_dim, 1))
         self.calibrate()
 
     @torch.no_grad()

@@ -95,6 +95,10 @@ class EncoderWrapper(RecEncoder):
     def bind_wrapper(self, data) -> None:
         """Allocate the wrapper's own data-dependent state, after the inner encoder is bound."""
 
+    def served_dim(self) -> int:
+        """This wrapper's output width once the inner encoder is bound (the inner width unless it maps it)."""
+        return self.encoder.out_dim
+
     def inner_rows(self, batch: Batch, inner: StepOutput) -> tuple[Tensor, Tensor]:
         """The inner embeddings of the batch's queries and candidates, whichever step produced ``inner``.
 
@@ -136,6 +140,8 @@ class EncoderWrapper(RecEncoder):
     # RecEncoder interface, delegated.
     def bind(self, data) -> None:
         self.encoder.bind(data)
+        # Some widths come from the data (SESA: one dimension per concept), known only now.
+        self.out_dim, self.history_len = self.served_dim(), self.encoder.history_len
         self.bind_wrapper(data)
 
     @property

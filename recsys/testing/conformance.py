@@ -23,14 +23,19 @@ def _embeddings(out) -> tuple:
 class EncoderConformance:
     """Contract tests for a ``RecEncoder``. Subclasses implement :meth:`make_encoder`.
 
-    The checkerboard test trains with a tiny Adam loop and asks for a held-out-vs-other-group AUC ≥ 0.9. Set
-    ``learns_checkerboard = False`` for encoders that cannot fit it from IDs alone.
+    The checkerboard test trains through ``RecModel`` and a Lightning ``Trainer`` (Adam, the class attributes
+    ``scorer``, ``loss``, ``negatives``, ``num_negatives``, ``reg_weight``, ``lr``, ``weight_decay``) and asks for a
+    held-out-vs-other-group AUC ≥ 0.9. Set ``learns_checkerboard = False`` for encoders that cannot fit it from IDs
+    alone.
     """
 
     learns_checkerboard = True
     checkerboard_epochs = 30
     scorer = None
     loss = None
+    negatives = None
+    num_negatives = 4
+    reg_weight = 0.0
     lr = 0.01
     weight_decay = 1e-3
 
@@ -109,31 +114,24 @@ class EncoderConformance:
             torch.testing.assert_close(_embeddings(enc(batch)), _embeddings(other(batch)))
 
     def test_learns_checkerboard(self):
+        """Trained through ``RecModel`` and a Lightning ``Trainer`` (the real step: penalties, extra losses,
+        the negatives strategy), the encoder separates the checkerboard's groups."""
         if not self.learns_checkerboard:
             return
-        from recsys.data.datamodule import Loader, TrainBatches
-        from recsys.losses import BPRLoss
-        from recsys.recommender import embedding_tables
-        from recsys.scorers import DotScorer
+        from functools import partial
 
-        enc, data = self._bound()
-        scorer = self.scorer or DotScorer()
-        loss_fn = self.loss or BPRLoss()
-        opt = torch.optim.Adam([p for p in enc.parameters() if p.requires_grad], lr=self.lr,
-                               weight_decay=self.weight_decay)
-        ds = TrainBatches(data, Loader(batch_size=64, num_negatives=4), seed=0, history_len=enc.history_len)
-        enc.train()
-        for epoch in range(self.checkerboard_epochs):
-            ds.set_epoch(epoch)
-            for b in range(len(ds)):
-                batch = ds[b]
-                q, c = _embeddings(enc(batch))
-                s = scorer(q, c)
-                loss = loss_fn(s[:, 0], s[:, 1:])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        q, i = embedding_tables(enc, scorer, data, up_to="train+valid")
+        from recsys.data.datamodule import Loader
+        from recsys.model import RecModel
+        from recsys.recommender import embedding_tables
+        from recsys.testing.training import fit_tiny
+
+        torch.manual_seed(0)
+        data = self.make_data()
+        enc = self.make_encoder()
+        model = RecModel(enc, self.scorer, self.loss, reg_weight=self.reg_weight, negatives=self.negatives,
+                         optimizer=partial(torch.optim.Adam, lr=self.lr, weight_decay=self.weight_decay))
+        fit_tiny(model, data, Loader(batch_size=64, num_negatives=self.num_negatives), self.checkerboard_epochs)
+        q, i = embedding_tables(enc, model.scorer, data, up_to="train+valid")
         scores = (q @ i.T).numpy()
         assert group_separation(scores, data) >= 0.9
 

@@ -71,33 +71,34 @@ def train_epochs(encoder, data, epochs: int, batch_size: int = 2048, reg_weight:
                  weight_decay: float = 0.0, seed: int = 2026) -> list[tuple[float, float]]:
     """Wall and CPU seconds per training epoch (batching, sampling, forward, backward, Adam step).
 
+    Trained as ``recsys fit`` trains: ``RecModel`` (BPR, dot scorer) in a Lightning ``Trainer``, validation off.
+
     Shapes:
         -> [epochs] (wall s, CPU s)
     """
-    from recsys.data.datamodule import Loader, TrainBatches
-    from recsys.losses import BPRLoss
-    from recsys.scorers import DotScorer
+    from functools import partial
 
-    encoder.train()
-    ds = TrainBatches(data, Loader(batch_size=batch_size), seed)
-    opt = torch.optim.Adam(encoder.parameters(), lr=1e-3, weight_decay=weight_decay, fused=True)
-    loss_fn, scorer = BPRLoss(), DotScorer()
-    times = []
-    for epoch in range(epochs):
-        ds.set_epoch(epoch)
-        t, c = time.perf_counter(), time.process_time()
-        for b in range(len(ds)):
-            batch = ds[b]
-            query, cands = encoder(batch)
-            scores = scorer(query, cands)
-            loss = loss_fn(scores[:, 0], scores[:, 1:])
-            if reg_weight:
-                loss = loss + reg_weight * encoder.regularization(batch) / len(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        times.append((time.perf_counter() - t, time.process_time() - c))
-    return times
+    import lightning as L
+
+    from recsys.data.datamodule import Loader
+    from recsys.model import RecModel
+    from recsys.testing.training import fit_tiny
+
+    class EpochClock(L.Callback):
+        def __init__(self) -> None:
+            self.times: list[tuple[float, float]] = []
+
+        def on_train_epoch_start(self, trainer, module) -> None:
+            self._t, self._c = time.perf_counter(), time.process_time()
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            self.times.append((time.perf_counter() - self._t, time.process_time() - self._c))
+
+    model = RecModel(encoder, reg_weight=reg_weight,
+                     optimizer=partial(torch.optim.Adam, lr=1e-3, weight_decay=weight_decay, fused=True))
+    clock = EpochClock()
+    fit_tiny(model, data, Loader(batch_size=batch_size), max_epochs=epochs, seed=seed, callbacks=[clock])
+    return clock.times
 
 
 def _recbole_run(model: str, epochs: int, threads: int | None, timeout: int) -> tuple[list[float], float]:

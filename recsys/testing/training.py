@@ -24,7 +24,7 @@ class PreparedDataModule(RecDataModule):
 
 
 def fit_tiny(model, data: PreparedData, loader: Loader = Loader(), max_epochs: int = 1, seed: int = 0,
-             validate: bool = False):
+             validate: bool = False, callbacks: list | None = None):
     """Fit ``model`` (a ``RecModel``) on ``data`` with a quiet single-process CPU ``Trainer``; returns the trainer.
 
     Args:
@@ -34,12 +34,13 @@ def fit_tiny(model, data: PreparedData, loader: Loader = Loader(), max_epochs: i
         max_epochs: epochs to train.
         seed: the sampling seed.
         validate: run full-ranking validation after each epoch (off: the known-answer checks rank afterwards).
+        callbacks: extra Lightning callbacks (e.g. a benchmark's epoch clock).
     """
     import lightning as L
 
     trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=1.0 if validate else 0, deterministic=False)
+                        num_sanity_val_steps=0, limit_val_batches=1.0 if validate else 0, callbacks=callbacks or [])
     trainer.fit(model, datamodule=PreparedDataModule(data, loader, seed))
     model.eval()
     return trainer

@@ -6,6 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.capabilities import NestedLoss
+
+
+def default_prefix_dims(dim: int) -> list[int]:
+    """``{d/8, d/4, d/2, d}``, without sizes below 1 or repeats: :class:`MatryoshkaLoss`'s default prefixes."""
+    return sorted({max(1, dim // f) for f in (8, 4, 2, 1)})
+
 
 class Loss(nn.Module):
     """A loss over scores of positives and sampled negatives.
@@ -54,7 +61,7 @@ class BCELoss(Loss):
                 + F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg)))
 
 
-class MatryoshkaLoss(Loss):
+class MatryoshkaLoss(Loss, NestedLoss):
     """Nested (Matryoshka) loss: a base loss at several prefix sizes of the same embeddings, weighted and summed.
 
     ``L = Σ_m w_m · base(scores of q[:m] and i[:m])`` over prefix sizes ``m`` (default ``{d/8, d/4, d/2, d}``), so
@@ -79,8 +86,6 @@ class MatryoshkaLoss(Loss):
         self.weights = None if weights is None else [float(w) for w in weights]
 
     def prefix_dims(self, out_dim: int) -> list[int]:
-        from recsys.encoders.matryoshka import default_prefix_dims
-
         dims = self.dims or default_prefix_dims(out_dim)
         if dims[-1] > out_dim:
             raise ValueError(f"prefix dim {dims[-1]} exceeds the encoder's {out_dim} dimensions")

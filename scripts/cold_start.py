@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from recsys.data.prepare import prepare
+    from recsys.data.prepared import prepare
     from recsys.datasets import load_dataset
 
     data = prepare(load_dataset(a.dataset, a.path, **(json.loads(a.options) if a.options else {})))

@@ -11,8 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from recsys.data.batch import Batch
-from recsys.data.prepare import Preprocess, SplitSpec, prepare
-from recsys.data.prepared import PreparedData
+from recsys.data.prepared import PreparedData, Preprocess, SplitSpec, prepare
 from recsys.data.sampling import NegativeSampler
 from recsys.data.splits import TRAIN
 
@@ -32,7 +31,7 @@ class Loader:
             its next item: sequential models, see :mod:`recsys.data.sequences`) or ``user_prefixes`` (one random
             prefix per user per epoch, as Recformer's fine-tuning) or ``sequences`` (one window per user per epoch
             with the next item of every position as a target, SASRec's original training; needs
-            ``RecModel(negatives="full")`` and an encoder with ``encode_query_positions``).
+            ``RecModel(negatives=FullCatalogue())`` and an encoder that declares ``EncodesPositions``).
     """
 
     batch_size: int = 2048
@@ -155,9 +154,6 @@ class RecDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("valid")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
 
     def _eval_loader(self, split: str) -> DataLoader:
         ds = UserChunks(self.prepare(), split, self.loader.eval_batch_size, self.history_len)

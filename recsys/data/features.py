@@ -13,7 +13,7 @@ of string tokens, and per row a variable-length list of token indices stored as 
 
 A missing value (None, NaN, an empty list, a row absent from the side table) becomes the token ``<missing>``, so
 every row has at least one token and rows without features (cold users without a side-table row) still embed.
-Tokens are strings, keyed for hashing by a stable digest (:mod:`recsys.encoders.hashing`); the vocabulary is only
+Tokens are strings, keyed for hashing by a stable digest (:mod:`recsys.data.hashing`); the vocabulary is only
 used by encoders that index without hashing. Encoding depends only on the prepared data, so a run directory
 reloaded with ``recsys score`` rebuilds identical features.
 
@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from recsys.data.hashing import stable_keys
 
 __all__ = ["FeatureSpec", "JaggedFeature", "MISSING", "as_specs", "default_features", "describe", "encode_features",
            "encode_table"]
@@ -140,8 +142,6 @@ class JaggedFeature:
             -> [V] uint64
         """
         if self._keys is None:
-            from recsys.encoders.hashing import stable_keys
-
             self._keys = stable_keys(self.vocab)
         return self._keys
 

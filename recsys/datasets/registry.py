@@ -14,7 +14,7 @@ from recsys.datasets.synthetic import generate_synthetic
 
 __all__ = ["available_datasets", "load_dataset", "register_dataset"]
 
-Loader = Callable[..., RawDataset]
+DatasetLoader = Callable[..., RawDataset]
 
 
 def _synthetic(path: str | os.PathLike | None = None, **options) -> RawDataset:
@@ -23,7 +23,7 @@ def _synthetic(path: str | os.PathLike | None = None, **options) -> RawDataset:
     return generate_synthetic(**options)
 
 
-def _needs_path(loader: Loader, dataset: str) -> Loader:
+def _needs_path(loader: DatasetLoader, dataset: str) -> DatasetLoader:
     def load(path: str | os.PathLike | None = None, **options) -> RawDataset:
         if path is None:
             raise ValueError(f"dataset {dataset!r} needs path=... (--data.path on the command line)")
@@ -31,7 +31,7 @@ def _needs_path(loader: Loader, dataset: str) -> Loader:
     return load
 
 
-_LOADERS: dict[str, Loader] = {"synthetic": _synthetic}
+_LOADERS: dict[str, DatasetLoader] = {"synthetic": _synthetic}
 _LOADERS.update({variant: partial(load_movielens, variant) for variant in MOVIELENS_VARIANTS})
 _LOADERS["generic"] = _needs_path(load_generic, "generic")
 _LOADERS["benchmark-txt"] = _needs_path(load_benchmark_txt, "benchmark-txt")
@@ -39,7 +39,7 @@ _ALIASES = {"csv": "generic", "parquet": "generic", "tsv": "generic", "ngcf": "b
             "lightgcn": "benchmark-txt", "movielens": "ml-latest-small"}
 
 
-def register_dataset(name: str, loader: Loader) -> None:
+def register_dataset(name: str, loader: DatasetLoader) -> None:
     """Add or replace a loader.
 
     Args:

@@ -12,50 +12,17 @@ hash each (feature, chunk) pair with its own salted function; :class:`UniversalH
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 
 import numpy as np
 
+from recsys.data.hashing import MERSENNE_61, _digest61, _text, stable_key, stable_keys
+
 __all__ = ["MERSENNE_61", "UniversalHash", "mulmod61", "stable_key", "stable_keys"]
 
-#: The Mersenne prime 2**61 − 1: reduction modulo it needs only shifts and masks.
-MERSENNE_61 = (1 << 61) - 1
 _P = np.uint64(MERSENNE_61)
 _MASK32 = np.uint64(0xFFFFFFFF)
 _MASK29 = np.uint64((1 << 29) - 1)
-
-
-def _digest61(data: bytes) -> int:
-    """The first 8 bytes of BLAKE2b(data), little-endian, reduced modulo 2**61 − 1."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") % MERSENNE_61
-
-
-def _text(value) -> str:
-    # numpy scalars print like Python scalars, so 3, np.int64(3) and "3" are one value; bytes are decoded.
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    if isinstance(value, np.generic):
-        value = value.item()
-    return str(value)
-
-
-def stable_key(value) -> int:
-    """A value's 61-bit key: BLAKE2b of its text, so equal texts have equal keys everywhere.
-
-    Args:
-        value: a string, bytes or scalar; non-strings are keyed by ``str(value)``.
-    """
-    return _digest61(_text(value).encode("utf-8", "surrogateescape"))
-
-
-def stable_keys(values: Iterable) -> np.ndarray:
-    """Keys of many values (see :func:`stable_key`).
-
-    Shapes:
-        values: [N] -> [N] uint64, each < 2**61 − 1
-    """
-    return np.fromiter((stable_key(v) for v in values), dtype=np.uint64)
 
 
 def _fold(v: np.ndarray) -> np.ndarray:

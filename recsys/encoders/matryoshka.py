@@ -15,11 +15,6 @@ from recsys.encoders.base import RecEncoder
 from recsys.encoders.wrapper import EncoderWrapper
 
 
-def default_prefix_dims(dim: int) -> list[int]:
-    """``{d/8, d/4, d/2, d}``, without sizes below 1 or repeats."""
-    return sorted({max(1, dim // f) for f in (8, 4, 2, 1)})
-
-
 class Matryoshka(EncoderWrapper):
     """Truncates both sides' embeddings to their first ``dim`` coordinates.
 

@@ -68,7 +68,7 @@ def group_separation(scores: np.ndarray, data: PreparedData, n_groups: int = 2) 
 def tiny_synthetic(n_users: int = 120, n_items: int = 80, n_interactions: int = 2400, seed: int = 0,
                    split: str = "random") -> PreparedData:
     """A small prepared slice of the synthetic generator (with item text, concepts and user features)."""
-    from recsys.data.prepare import SplitSpec, prepare
+    from recsys.data.prepared import SplitSpec, prepare
     from recsys.datasets import generate_synthetic
 
     raw = generate_synthetic(n_users=n_users, n_items=n_items, n_interactions=n_interactions, seed=seed)

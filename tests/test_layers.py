@@ -41,6 +41,7 @@ LAYERS = {
     "recsys.io_utils": "data",
     "recsys.data.*": "data",
     "recsys.data.datamodule": "data:datamodule",
+    "recsys.data.examples": "data:datamodule",  # example builders make the DataModule's training datasets
     "recsys.datasets.*": "data:datasets",
     "recsys.text.flatten": "data",
     "recsys.text.recformer_tokens": "data",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from recsys.data.batch import Batch
+from recsys.data.examples import ExampleBuilder, Pairs
 from recsys.data.prepared import PreparedData, Preprocess, SplitSpec, prepare
 from recsys.data.sampling import NegativeSampler
 from recsys.data.splits import TRAIN
@@ -26,20 +28,18 @@ class Loader:
         negatives: ``uniform`` or ``popularity`` sampling, always excluding the user's training items.
         eval_batch_size: users per evaluation chunk.
         history_len: history items per query for encoders that read histories (0 = the encoder's own length).
-        examples: what a training example is: ``pairs`` (user, positive, negatives; the history is the user's whole
-            training history), ``prefixes`` (every prefix of each user's chronological training sequence predicts
-            its next item: sequential models, see :mod:`recsys.data.sequences`) or ``user_prefixes`` (one random
-            prefix per user per epoch, as Recformer's fine-tuning) or ``sequences`` (one window per user per epoch
-            with the next item of every position as a target, SASRec's original training; needs
-            ``RecModel(negatives=FullCatalogue())`` and an encoder that declares ``EncodesPositions``).
+        examples: what a training example is (:mod:`recsys.data.examples`): ``Pairs`` (user, positive,
+            negatives), ``Prefixes`` (every prefix of a user's chronological training sequence predicts its next
+            item; ``per_user: true``: one random prefix per user per epoch, as Recformer's fine-tuning) or
+            ``Sequences`` (SASRec's all-positions training).
     """
 
     batch_size: int = 2048
     num_negatives: int = 1
-    negatives: str = "uniform"
+    negatives: Literal["uniform", "popularity"] = "uniform"
     eval_batch_size: int = 2048
     history_len: int = 0
-    examples: str = "pairs"
+    examples: ExampleBuilder = field(default_factory=Pairs)
 
 
 class TrainBatches(Dataset):
@@ -136,20 +136,7 @@ class RecDataModule(L.LightningDataModule):
         self.prepare()
 
     def train_dataloader(self) -> DataLoader:
-        if self.loader.examples == "pairs":
-            self.train_set = TrainBatches(self.prepare(), self.loader, self.seed, self.history_len)
-        elif self.loader.examples in ("prefixes", "user_prefixes"):
-            from recsys.data.sequences import PrefixBatches
-
-            self.train_set = PrefixBatches(self.prepare(), self.loader, self.seed, self.history_len,
-                                           per_user=self.loader.examples == "user_prefixes")
-        elif self.loader.examples == "sequences":
-            from recsys.data.sequences import SequenceBatches
-
-            self.train_set = SequenceBatches(self.prepare(), self.loader, self.seed, self.history_len)
-        else:
-            raise ValueError(f"loader.examples must be 'pairs', 'prefixes', 'user_prefixes' or 'sequences', "
-                             f"not {self.loader.examples!r}")
+        self.train_set = self.loader.examples.dataset(self.prepare(), self.loader, self.seed, self.history_len)
         return DataLoader(self.train_set, batch_size=None, shuffle=False, collate_fn=_identity)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,5 +1,6 @@
 """Training-time strategies that the one LightningModule (``recsys.model.RecModel``) composes."""
 
+from recsys.training.hard_negatives import HardNegatives
 from recsys.training.negatives import FullCatalogue, InBatchNegatives, NegativeStrategy, SampledNegatives, Step
 
-__all__ = ["FullCatalogue", "InBatchNegatives", "NegativeStrategy", "SampledNegatives", "Step"]
+__all__ = ["FullCatalogue", "HardNegatives", "InBatchNegatives", "NegativeStrategy", "SampledNegatives", "Step"]

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from recsys.capabilities import EncodesPositions, ScoresAgainstTable, StepOutput
 from recsys.data.batch import Batch
+from recsys.data.examples import ExampleBuilder, Sequences
 from recsys.encoders.base import RecEncoder
 from recsys.scorers import Scorer
 
@@ -39,7 +40,7 @@ class Step:
 class NegativeStrategy:
     """Embeds a training batch and scores its positive (column 0 of ``batch.items``) against negatives."""
 
-    def check(self, encoder: RecEncoder, examples: str, num_negatives: int) -> None:
+    def check(self, encoder: RecEncoder, examples: ExampleBuilder, num_negatives: int) -> None:
         """Refuse settings of the data loader this strategy cannot work with (a one-line ``ValueError``).
 
         Args:
@@ -47,8 +48,8 @@ class NegativeStrategy:
             examples: ``data.loader.examples``.
             num_negatives: ``data.loader.num_negatives``.
         """
-        if examples == "sequences":
-            raise ValueError(f"data.loader.examples 'sequences' (one target per history position) needs "
+        if isinstance(examples, Sequences):
+            raise ValueError(f"data.loader.examples Sequences (one target per history position) needs "
                              f"model.init_args.negatives: recsys.training.FullCatalogue, not {type(self).__name__}")
 
     def embed(self, encoder: RecEncoder, batch: Batch) -> Step:
@@ -114,17 +115,17 @@ class FullCatalogue(NegativeStrategy):
     fine-tuning; column 0 of ``batch.items`` is the target.
 
     Masked scores are -inf, so ``SoftmaxLoss`` is the exact softmax cross-entropy over the remaining candidates.
-    With ``batch.items`` as wide as ``batch.history`` (``data.loader.examples: sequences``), every history position
+    With ``batch.items`` as wide as ``batch.history`` (``data.loader.examples: Sequences``), every history position
     predicts its own target (-1 = none) from the encoder's per-position queries (it must declare
     :class:`~recsys.capabilities.EncodesPositions`): SASRec's original all-positions training.
     """
 
-    def check(self, encoder: RecEncoder, examples: str, num_negatives: int) -> None:
+    def check(self, encoder: RecEncoder, examples: ExampleBuilder, num_negatives: int) -> None:
         if num_negatives:
             raise ValueError(f"model.init_args.negatives FullCatalogue scores every item, so data.loader.num_negatives "
                              f"must be 0 (got {num_negatives}: the sampled columns would be ignored)")
-        if examples == "sequences" and not isinstance(encoder, EncodesPositions):
-            raise ValueError(f"data.loader.examples 'sequences' needs an encoder that embeds every history position "
+        if isinstance(examples, Sequences) and not isinstance(encoder, EncodesPositions):
+            raise ValueError(f"data.loader.examples Sequences needs an encoder that embeds every history position "
                              f"(EncodesPositions); {type(encoder).__name__} does not")
 
     def embed(self, encoder: RecEncoder, batch: Batch) -> Step:

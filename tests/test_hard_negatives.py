@@ -107,7 +107,7 @@ def test_refusals():
     with pytest.raises(ValueError, match="keep"):
         HardNegatives(keep=0)
     enc = MatrixFactorization(dim=4)
-    HardNegatives(keep=4).check(enc, "pairs", 4)
+    HardNegatives(keep=4).check(enc, Pairs(), 4)
     with pytest.raises(ValueError, match=r"data\.loader\.num_negatives \(3\).*keep \(4\)"):
         HardNegatives(keep=4).check(enc, Pairs(), 3)
     with pytest.raises(ValueError, match="FullCatalogue"):

@@ -99,6 +99,13 @@ class SeismicIndex:
                       "build_s": time.perf_counter() - t0}
         return self
 
+    def bytes_per_item(self) -> float:
+        """Bytes of the built index per item: forward vectors, postings, block pointers and summaries."""
+        if self.items is None:
+            raise RuntimeError("build the index before measuring it")
+        arrays = (self.items, self.docs, self.block_ptr, self.summaries, self.list_ptr)
+        return sum(a.nbytes for a in arrays) / max(1, len(self.items))
+
     def _blocks(self, x: np.ndarray, members: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         """Shallow k-means of one posting list into ~``block_size`` blocks (empty clusters dropped)."""
         n_blocks = math.ceil(len(members) / self.block_size)

@@ -1,7 +1,10 @@
 """Cheaper retrieval from the same tables: Matryoshka prefixes, coarse-to-fine shortlists and Hamming codes.
 
-Every function returns a ``ScoreFn`` for :func:`recsys.scoring.topk.iter_topk`, so the evaluator and batch
-scoring use them unchanged. A cascade returns exact (fine) scores on each row's shortlist and ``-inf`` elsewhere.
+Every function returns a :class:`recsys.scoring.topk.ScoreFunction` for :func:`recsys.scoring.topk.iter_topk`, so
+the evaluator and batch scoring use them unchanged. A cascade (:class:`CascadeScore`) is a
+:class:`~recsys.scoring.topk.CandidateScoreFunction`: the engine ranks its shortlist directly; its dense form is the
+exact (fine) scores on each row's shortlist and ``-inf`` elsewhere. :mod:`recsys.scoring.index` wraps these as
+item indexes.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recsys.scoring.topk import ScoreFn, gemm_score_fn, mask_rows_
+from recsys.scoring.topk import CandidateScoreFunction, ScoreFunction, gemm_score_fn, mask_rows_
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Retrieval:
     shortlist: int = 200
     codes_only: bool = False
 
-    def score_fn(self, queries: Tensor, items: Tensor, exclude=None, normalize: bool = False) -> ScoreFn:
+    def score_fn(self, queries: Tensor, items: Tensor, exclude=None, normalize: bool = False) -> ScoreFunction:
         """A score function over scorer-prepared tables.
 
         Shapes:
@@ -62,12 +65,21 @@ def prefix_tables(queries: Tensor, items: Tensor, dim: int | None, normalize: bo
     """
     if dim is None or dim >= queries.shape[1]:
         return queries, items
+    return prefix_table(queries, dim, normalize), prefix_table(items, dim, normalize)
+
+
+def prefix_table(x: Tensor, dim: int | None, normalize: bool = False) -> Tensor:
+    """One side of :func:`prefix_tables`: the first ``dim`` coordinates, re-normalised with ``normalize``.
+
+    Shapes:
+        x: [N, D] -> [N, min(dim, D)]
+    """
+    if dim is None or dim >= x.shape[1]:
+        return x
     if dim < 1:
         raise ValueError(f"prefix dim must be positive, got {dim}")
-    q, i = queries[:, :dim].contiguous(), items[:, :dim].contiguous()
-    if normalize:
-        q, i = F.normalize(q, dim=-1), F.normalize(i, dim=-1)
-    return q, i
+    x = x[:, :dim].contiguous()
+    return F.normalize(x, dim=-1) if normalize else x
 
 
 def pack_bits(x: Tensor | np.ndarray) -> np.ndarray:
@@ -158,20 +170,30 @@ def shortlist_rescore(coarse: Tensor, queries: Tensor, items: Tensor, rows: Tens
     return result.scatter_(1, cand, fine.to(result.dtype))
 
 
-def _cascade(coarse, queries: Tensor, items: Tensor, shortlist: int, exclude) -> ScoreFn:
-    """A cascade's score function from its coarse pass ``coarse(rows) -> [B, N]``.
+class CascadeScore(CandidateScoreFunction):
+    """A cascade: a coarse pass ``coarse(rows) -> [B, N]`` shortlists, the float tables re-rank exactly.
 
-    Besides the dense ``ScoreFn`` it carries ``candidates`` (the shortlist and its exact scores) and the ``exclude``
-    it masks: ``iter_topk`` ranks the shortlist itself when those exclusions match its own.
+    Args:
+        coarse: the coarse scores of all items for a chunk of rows (float, or integer Hamming similarities).
+        queries, items: the fine (re-ranking) tables.
+        shortlist: candidates per row kept by the coarse pass.
+        exclude: CSR of items the dense form never shortlists.
+
+    Shapes:
+        queries: [U, D]; items: [N, D]; candidates: rows [B] -> ([B, m], [B, m]), m = min(shortlist, N)
     """
-    def score(rows: Tensor, out: Tensor | None) -> Tensor:
-        return shortlist_rescore(coarse(rows), queries, items, rows, shortlist, exclude, out)
 
-    def candidates(rows: Tensor) -> tuple[Tensor, Tensor]:
-        return shortlist_candidates(coarse(rows), queries, items, rows, shortlist, exclude)
+    def __init__(self, coarse, queries: Tensor, items: Tensor, shortlist: int, exclude=None) -> None:
+        super().__init__(items.shape[0], exclude)
+        self.coarse, self.queries, self.items, self.shortlist = coarse, queries, items, shortlist
 
-    score.candidates, score.exclude = candidates, exclude
-    return score
+    def candidates(self, rows: Tensor, k: int, exclude) -> tuple[Tensor, Tensor]:
+        # The shortlist size is the cascade's own (``--shortlist``); k only bounds what the engine keeps.
+        return shortlist_candidates(self.coarse(rows), self.queries, self.items, rows, self.shortlist, exclude)
+
+    def __call__(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        return shortlist_rescore(self.coarse(rows), self.queries, self.items, rows, self.shortlist, self.exclude,
+                                 out)
 
 
 def _mask_integer_rows_(scores: Tensor, exclude, rows: np.ndarray) -> None:
@@ -187,7 +209,7 @@ def _mask_integer_rows_(scores: Tensor, exclude, rows: np.ndarray) -> None:
 
 
 def prefix_cascade_fn(queries: Tensor, items: Tensor, coarse_dim: int, shortlist: int, exclude=None,
-                      normalize: bool = False) -> ScoreFn:
+                      normalize: bool = False) -> CascadeScore:
     """Coarse-to-fine: shortlist by the first ``coarse_dim`` coordinates, re-rank with all of them.
 
     Shapes:
@@ -195,11 +217,11 @@ def prefix_cascade_fn(queries: Tensor, items: Tensor, coarse_dim: int, shortlist
     """
     cq, ci = prefix_tables(queries, items, coarse_dim, normalize)
     ci_t = ci.T.contiguous()
-    return _cascade(lambda rows: cq[rows] @ ci_t, queries, items, shortlist, exclude)
+    return CascadeScore(lambda rows: cq[rows] @ ci_t, queries, items, shortlist, exclude)
 
 
 def hamming_cascade_fn(queries: Tensor, items: Tensor, shortlist: int, exclude=None, bits: int | None = None
-                       ) -> ScoreFn:
+                       ) -> CascadeScore:
     """Hamming shortlist on packed sign bits, re-ranked by the float tables (binary codes, then the float model).
 
     Args:
@@ -213,9 +235,8 @@ def hamming_cascade_fn(queries: Tensor, items: Tensor, shortlist: int, exclude=N
     """
     b = bits or queries.shape[1]
     q_bits, i_bits = pack_bits(queries[:, :b]), pack_bits(items[:, :b])
-
-    return _cascade(lambda rows: hamming_similarities(q_bits[rows.cpu().numpy()], i_bits), queries, items, shortlist,
-                    exclude)
+    return CascadeScore(lambda rows: hamming_similarities(q_bits[rows.cpu().numpy()], i_bits), queries, items,
+                        shortlist, exclude)
 
 
 def hamming_similarities(q_bits: np.ndarray, item_bits: np.ndarray) -> Tensor:
@@ -230,19 +251,31 @@ def hamming_similarities(q_bits: np.ndarray, item_bits: np.ndarray) -> Tensor:
     return torch.from_numpy(65536 - d.astype(np.int32))
 
 
-def hamming_score_fn(queries: Tensor, items: Tensor, bits: int | None = None) -> ScoreFn:
+def hamming_score_fn(queries: Tensor, items: Tensor, bits: int | None = None) -> HammingScore:
     """Codes alone: ``-hamming(q, i)`` as the score (binary-only retrieval, no re-ranking).
 
     Shapes:
         queries: [U, D]; items: [N, D]
     """
     b = bits or queries.shape[1]
-    q_bits, i_bits = pack_bits(queries[:, :b]), pack_bits(items[:, :b])
+    return HammingScore(pack_bits(queries[:, :b]), pack_bits(items[:, :b]))
 
-    def score(rows: Tensor, out: Tensor | None) -> Tensor:
-        d = torch.from_numpy(hamming_distances(q_bits[rows.cpu().numpy()], i_bits)).float().neg_()
+
+class HammingScore(ScoreFunction):
+    """``-hamming(q_bits[rows], item_bits)`` as the score: packed codes alone.
+
+    Args:
+        q_bits, item_bits: packed sign codes (:func:`pack_bits`).
+
+    Shapes:
+        q_bits: [U, W] uint8; item_bits: [N, W] uint8; rows [B] -> [B, N]
+    """
+
+    def __init__(self, q_bits: np.ndarray, item_bits: np.ndarray) -> None:
+        self.q_bits, self.item_bits = q_bits, item_bits
+
+    def __call__(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        d = torch.from_numpy(hamming_distances(self.q_bits[rows.cpu().numpy()], self.item_bits)).float().neg_()
         if out is not None:
             return out.copy_(d)
         return d
-
-    return score

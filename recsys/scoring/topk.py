@@ -12,6 +12,7 @@ units (no AMX / AVX512-BF16) bf16 is slower than float32, so ``auto`` keeps floa
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -23,6 +24,68 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
 
 ScoreFn = Callable[[Tensor, Tensor | None], Tensor]
+
+
+class ScoreFunction(ABC):
+    """A typed score function for :func:`iter_topk`: ``fn(rows, out) -> [B, N]``, as a plain ``ScoreFn`` is.
+
+    Subclasses declare what more the engine may use by their base class, not by attributes stuck on a closure:
+    :class:`RescoringScoreFunction` (an exact float32 re-score of candidates) and :class:`CandidateScoreFunction`
+    (a per-row shortlist, ranked directly without a ``[B, N]`` pass).
+
+    Shapes:
+        rows: [B] user rows; out: [B, N] reusable buffer or None -> [B, N]
+    """
+
+    @abstractmethod
+    def __call__(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """Scores of every item for ``rows``, written into ``out`` when given."""
+
+
+class RescoringScoreFunction(ScoreFunction):
+    """A score function that can re-score candidate items exactly in float32 (for the bf16 shortlist)."""
+
+    @abstractmethod
+    def exact(self, rows: Tensor, cand: Tensor) -> Tensor:
+        """Float32 scores of each row's candidates (entries < 0 may be scored as item 0; the caller masks them).
+
+        Shapes:
+            rows: [B]; cand: [B, C] -> [B, C] float32
+        """
+
+
+class CandidateScoreFunction(ScoreFunction):
+    """A score function that yields each row's candidates and their scores: cascades and search indexes.
+
+    :func:`iter_topk` calls :meth:`candidates` with its own ``k`` and exclusions and ranks the candidates directly.
+    The dense form (``__call__``) is the candidates for ``n_items`` with the bound :attr:`exclude` masked: exact
+    scores on the candidates, ``-inf`` everywhere else.
+
+    Args:
+        n_items: catalogue size (the width of the dense form).
+        exclude: CSR of items the dense form masks (``iter_topk`` passes its own to :meth:`candidates`).
+    """
+
+    def __init__(self, n_items: int, exclude: sp.csr_matrix | RowSets | None = None) -> None:
+        self.n_items, self.exclude = n_items, exclude
+
+    @abstractmethod
+    def candidates(self, rows: Tensor, k: int, exclude: sp.csr_matrix | RowSets | None
+                   ) -> tuple[Tensor, Tensor]:
+        """Up to ``k`` candidates per row (a cascade returns its whole shortlist), none of them in ``exclude[rows]``.
+
+        Shapes:
+            rows: [B] -> (items [B, m] int64, -1 = none; scores [B, m], -inf for none)
+        """
+
+    def __call__(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        cand, scores = self.candidates(rows, self.n_items, self.exclude)
+        result = out if out is not None else scores.new_empty((len(rows), self.n_items))
+        result.fill_(float("-inf"))
+        ok = cand >= 0
+        r = torch.arange(len(cand), device=cand.device)[:, None].expand_as(cand)
+        result[r[ok].to(result.device), cand[ok].to(result.device)] = scores[ok].to(result)
+        return result
 
 
 def chunk_size_for(n_items: int, memory_budget: int = 256 << 20, max_chunk: int = 8192, itemsize: int = 4) -> int:
@@ -89,9 +152,10 @@ def iter_topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclud
     """Yield ``(user_rows, top_items, top_scores)`` per chunk; excluded or missing slots are item -1.
 
     Args:
-        score_fn: ``score_fn(user_rows, out)`` returns scores ``[B, n_items]``, written into ``out`` when given.
-            A cascade may also offer ``candidates(user_rows) -> (items [B, m], scores [B, m])`` with its own
-            ``exclude``; when that is ``exclude`` itself, the shortlist is ranked directly (no [B, n_items] pass).
+        score_fn: ``score_fn(user_rows, out)`` returns scores ``[B, n_items]``, written into ``out`` when given:
+            a plain function or a :class:`ScoreFunction`. A :class:`CandidateScoreFunction` (cascades, search
+            indexes) is asked for its candidates with this call's ``k`` and ``exclude`` instead, and they are
+            ranked directly (no [B, n_items] pass).
         users: the user rows to rank for.
         n_items: catalogue size.
         k: list length.
@@ -99,7 +163,7 @@ def iter_topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclud
         chunk_size: users per chunk; derived from a 256 MiB budget when None.
         device: where the score buffer lives.
         dtype: the score buffer's dtype (float32 when None). A lower precision (bf16) shortlists ``2k`` items per
-            user and, when ``score_fn`` has an ``exact(user_rows, items)`` method (as :func:`gemm_score_fn` does),
+            user and, when ``score_fn`` is a :class:`RescoringScoreFunction` (as :func:`gemm_score_fn`'s is),
             re-scores them in float32 and keeps the best ``k``; top scores are always returned as float32.
 
     Shapes:
@@ -109,19 +173,17 @@ def iter_topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclud
     dtype = dtype or torch.float32
     chunk = chunk_size or chunk_size_for(n_items, itemsize=torch.empty((), dtype=dtype).element_size())
     kk = min(k, n_items)
-    exact = getattr(score_fn, "exact", None) if dtype != torch.float32 else None
+    exact = score_fn.exact if isinstance(score_fn, RescoringScoreFunction) and dtype != torch.float32 else None
     # Low-precision scores tie and round; a 2k shortlist re-scored in float32 recovers the exact top k.
     kshort = min(n_items, 2 * kk) if exact is not None else kk
-    candidates = getattr(score_fn, "candidates", None)
-    if candidates is not None and getattr(score_fn, "exclude", None) is not exclude:
-        candidates = None  # the cascade masked other items than asked: rank its dense scores instead
-    buf = None if candidates is not None else torch.empty((min(chunk, max(1, len(users))), n_items),
-                                                          device=device, dtype=dtype)
+    shortlisted = isinstance(score_fn, CandidateScoreFunction)
+    buf = None if shortlisted else torch.empty((min(chunk, max(1, len(users))), n_items), device=device,
+                                               dtype=dtype)
     for s in range(0, len(users), chunk):
         rows = users[s:s + chunk]
         rows_t = torch.from_numpy(rows).to(device)
-        if candidates is not None:
-            cand, cand_scores = candidates(rows_t)
+        if shortlisted:
+            cand, cand_scores = score_fn.candidates(rows_t, kk, exclude)
             vals, pos = torch.topk(cand_scores.float(), min(kk, cand.shape[1]), dim=1, sorted=True)
             idx = torch.gather(cand, 1, pos)
             yield (rows, *_pad(idx, vals, k))
@@ -163,32 +225,45 @@ def topk(score_fn: ScoreFn, users: np.ndarray, n_items: int, k: int, exclude: sp
     return np.concatenate(items), np.concatenate(scores)
 
 
-def gemm_score_fn(queries: Tensor, items: Tensor) -> ScoreFn:
-    """A score function over GEMM-ready tables: ``queries[rows] @ items.T``, written into the reusable buffer.
+def gemm_score_fn(queries: Tensor, items: Tensor) -> GemmScore:
+    """A score function over GEMM-ready tables: ``queries[rows] @ items.T`` (see :class:`GemmScore`).
 
-    The GEMM runs in the dtype of ``out`` (tables are cast once, on first use, per dtype), and ``score.exact(rows,
-    cand)`` re-scores candidate items in float32 for the low-precision shortlist of :func:`iter_topk`.
+    Shapes:
+        queries: [U, D]; items: [N, D]
+    """
+    return GemmScore(queries, items)
+
+
+class GemmScore(RescoringScoreFunction):
+    """``queries[rows] @ items.T``, written into the reusable buffer, with an exact float32 re-score.
+
+    The GEMM runs in the dtype of ``out`` (tables are cast once, on first use, per dtype), and :meth:`exact`
+    re-scores candidate items in float32 for the low-precision shortlist of :func:`iter_topk`.
+
+    Args:
+        queries: the query table.
+        items: the item table.
 
     Shapes:
         queries: [U, D]; items: [N, D]; exact: rows [B], cand [B, C] -> [B, C]
     """
-    items_t = items.T.contiguous()
-    cast: dict[torch.dtype, tuple[Tensor, Tensor]] = {queries.dtype: (queries, items_t)}
 
-    def tables(dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if dtype not in cast:
-            cast[dtype] = (queries.to(dtype), items_t.to(dtype))
-        return cast[dtype]
+    def __init__(self, queries: Tensor, items: Tensor) -> None:
+        self.queries, self.items = queries, items
+        self._cast: dict[torch.dtype, tuple[Tensor, Tensor]] = {queries.dtype: (queries, items.T.contiguous())}
 
-    def score(rows: Tensor, out: Tensor | None) -> Tensor:
+    def _tables(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if dtype not in self._cast:
+            self._cast[dtype] = (self.queries.to(dtype), self._cast[self.queries.dtype][1].to(dtype))
+        return self._cast[dtype]
+
+    def __call__(self, rows: Tensor, out: Tensor | None = None) -> Tensor:
         if out is None:
-            return queries[rows] @ items_t
-        q_table, i_table = tables(out.dtype)
+            q_table, i_table = self._tables(self.queries.dtype)
+            return q_table[rows] @ i_table
+        q_table, i_table = self._tables(out.dtype)
         return torch.mm(q_table[rows], i_table, out=out)
 
-    def exact(rows: Tensor, cand: Tensor) -> Tensor:
-        q = queries[rows].float()
-        return torch.einsum("bd,bcd->bc", q, items[cand.clamp(min=0)].float())
-
-    score.exact = exact
-    return score
+    def exact(self, rows: Tensor, cand: Tensor) -> Tensor:
+        q = self.queries[rows].float()
+        return torch.einsum("bd,bcd->bc", q, self.items[cand.clamp(min=0)].float())

@@ -1,7 +1,9 @@
 """The ``recsys`` command: ``fit``, ``evaluate``, ``score``, ``data``.
 
-Imports are lazy: ``score`` and ``evaluate`` never import Lightning, torch-geometric or transformers unless the
-model being loaded needs them, so a scoring job starts in about the time it takes to import torch.
+Imports are lazy: ``score`` and ``export`` from a run's stored tables never import jsonargparse, Lightning,
+torch-geometric or transformers, so a scoring job starts in about the time it takes to import torch. Commands that
+rebuild the model (``evaluate``, ``score`` of a model without tables or with ``--new-items``) re-validate the run's
+config with the fit parser first (see :mod:`recsys.runs`), which imports Lightning.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def _write_json(path: Path, obj) -> None:
+    """An ``--out`` JSON file outside any run directory (results inside a run go through ``Run.write_json``)."""
     from recsys.io_utils import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -44,83 +47,63 @@ def _default_config() -> str | None:
     return str(cfg) if cfg.exists() else None
 
 
-def build_fit_parser():
-    """The ``fit`` parser: the constructor signatures of the data module, the model and the Trainer."""
-    import lightning as L
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    from recsys.baselines.base import Baseline
-    from recsys.data.datamodule import RecDataModule
-    from recsys.model import RecModel
-
-    p = ArgumentParser(prog="recsys fit", description="Train a model, restore its best checkpoint, test it.",
-                       default_env=False)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML config (class_path/init_args).")
-    p.add_argument("--run-dir", "--run_dir", dest="run_dir", type=str | None, default=None,
-                   help="Output directory (default: runs/<time>-<config>).")
-    p.add_argument("--seed", type=int, default=2026, help="Seed for weights, sampling and order.")
-    p.add_argument("--early_stopping.patience", type=int, default=5,
-                   help="Validation checks without improvement of valid/ndcg@20 before stopping.")
-    p.add_argument("--early_stopping.monitor", type=str, default="valid/ndcg@20")
-    p.add_class_arguments(RecDataModule, "data")
-    p.add_subclass_arguments((RecModel, Baseline), "model", required=True)
-    p.add_class_arguments(L.Trainer, "trainer", instantiate=False, default={"max_epochs": 100})
-    return p
-
-
 def cmd_fit(argv: list[str]) -> int:
     if not any(a == "--config" or a.startswith("--config=") for a in argv) and _default_config():
         argv = ["--config", _default_config(), *argv]
+    from recsys.config import build_fit_parser
+
     parser = build_fit_parser()
     cfg = parser.parse_args(argv)
     run_dir = Path(cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{_config_name(cfg)}")
     cfg.run_dir = str(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     import lightning as L
 
-    from recsys.io_utils import atomic_write_text
+    from recsys.runs import Run
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # Under DDP Lightning re-runs this command once per extra rank; only rank 0 writes the run directory.
     rank0 = _launch_rank() == 0
-    if rank0:
-        atomic_write_text(run_dir / "config.yaml", parser.dump(cfg, skip_none=False))
+    run = Run.create(run_dir, parser.dump(cfg, skip_none=False)) if rank0 else Run(run_dir)
     init = parser.instantiate(cfg)
     dm, model = init.data, init.model
     data = dm.prepare()
     if rank0:
-        data.save(run_dir / "data")
+        run.save_data(data)
         print(f"[recsys] {data.summary()}", flush=True)
+    _hand_over_gallery(model, data)
 
     t0 = time.perf_counter()
-    from recsys.baselines.base import Baseline
-
-    if isinstance(model, Baseline):
-        model.fit(data)
-        model.eval()
-        epochs = None
-    else:
-        epochs = _fit_lightning(init, cfg, model, dm, run_dir)
-        if not rank0:
-            return 0
+    stats: dict = {"epochs": None, "train_epoch_s": None}
+    model.fit(data, trainer=lambda module: stats.update(_fit_lightning(init, cfg, module, dm, run)))
+    if not rank0:
+        return 0
+    model.eval()
     fit_s = time.perf_counter() - t0
-    _save_model(model, data, run_dir)
+    run.save_model(model, data)
 
     from recsys.metrics.evaluate import evaluate
 
     t1 = time.perf_counter()
-    test = evaluate(model, data, "test", per_user_out=run_dir / "per_user_test.parquet")
+    test = evaluate(model, data, "test", per_user_out=run.artifact("per_user_test.parquet"))
     eval_s = time.perf_counter() - t1
     valid = evaluate(model, data, "valid")
-    _write_json(run_dir / "metrics.json", test)
-    _write_json(run_dir / "valid_metrics.json", valid)
-    _write_json(run_dir / "timing.json", {"fit_s": fit_s, "test_eval_s": eval_s, "epochs": epochs,
-                                          "train_epoch_s": getattr(model, "epoch_times", None) or None,
-                                          "peak_rss_mib": _peak_rss_mib()})
+    run.write_json("metrics.json", test)
+    run.write_json("valid_metrics.json", valid)
+    run.write_json("timing.json", {"fit_s": fit_s, "test_eval_s": eval_s, **stats, "peak_rss_mib": _peak_rss_mib()})
     print(f"[recsys] fit {fit_s:.1f} s, test evaluation {eval_s:.2f} s; run directory {run_dir}")
     print("test metrics:\n" + format_metrics(test), flush=True)
     return 0
+
+
+def _hand_over_gallery(model, data) -> None:
+    """Give an encoder that trains against an old run's item table (BT²) that table, before Lightning binds it."""
+    from recsys.capabilities import UsesGallery
+    from recsys.runs import Run
+
+    part = model.capability(UsesGallery)
+    if part is not None and part.gallery_run() is not None:
+        part.set_gallery(Run.open(part.gallery_run()).item_table_for(data.item_vocab))
 
 
 def _launch_rank() -> int:
@@ -142,23 +125,28 @@ def _config_name(cfg) -> str:
     return cfg.model.class_path.rsplit(".", 1)[-1].lower()
 
 
-def _fit_lightning(init, cfg, model, dm, run_dir: Path) -> int:
+def _fit_lightning(init, cfg, model, dm, run) -> dict:
+    """Train a ``RecModel`` with Lightning (early stopping, best checkpoint restored); the model-specific part of fit.
+
+    Returns:
+        ``{"epochs": ..., "train_epoch_s": [...]}`` for ``timing.json``.
+    """
     import lightning as L
-    import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     monitor = cfg.early_stopping.monitor
-    ckpt = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+    ckpt = ModelCheckpoint(dirpath=run.checkpoints_dir, filename="best", monitor=monitor, mode="max",
                            save_top_k=1, save_weights_only=True, enable_version_counter=False)
     stop = EarlyStopping(monitor=monitor, mode="max", patience=cfg.early_stopping.patience)
     targs = dict(vars(init.trainer))
     targs["callbacks"] = list(targs.get("callbacks") or []) + [ckpt, stop]
     if targs.get("logger") in (None, True):
-        targs["logger"] = CSVLogger(save_dir=str(run_dir), name="logs", version="")
-    targs.setdefault("default_root_dir", str(run_dir))
+        targs["logger"] = CSVLogger(save_dir=str(run.path), name="logs", version="")
+    targs.setdefault("default_root_dir", str(run.path))
     trainer = L.Trainer(**targs)
     trainer.fit(model, datamodule=dm)
+    stats = {"epochs": trainer.current_epoch, "train_epoch_s": model.epoch_times or None}
     if trainer.world_size > 1:
         import torch.distributed as dist
 
@@ -166,37 +154,12 @@ def _fit_lightning(init, cfg, model, dm, run_dir: Path) -> int:
         if dist.is_initialized():
             dist.barrier()
         if trainer.global_rank != 0:
-            return trainer.current_epoch
+            return stats
         dist.destroy_process_group()
     if ckpt.best_model_path:
-        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict(state)
+        model.load_state_dict(run.lightning_state(ckpt.best_model_path))
     model.eval()
-    return trainer.current_epoch
-
-
-def _save_model(model, data, run_dir: Path) -> None:
-    """Write ``model.pt``: the weights, plus GEMM-ready tables so scoring needs no model code."""
-    import torch
-
-    from recsys.io_utils import atomic_path
-    from recsys.recommender import embedding_tables
-
-    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    scorer = getattr(model, "scorer", None)
-    payload["scorer"] = json.dumps(scorer.describe() if scorer is not None else {"metric": "inner_product"})
-    concepts = getattr(getattr(model, "encoder", None), "concept_names", None)
-    if concepts:
-        # Explicit-concept models (SESA): dimension names, so `recsys score --explain` needs no model code.
-        payload["concepts"] = json.dumps(list(concepts))
-    if hasattr(model, "tables") and model.tables() is not None:
-        q, i = model.tables()
-        payload["tables"] = {"queries": q.contiguous(), "items": i.contiguous()}
-    elif hasattr(model, "encoder"):
-        q, i = embedding_tables(model.encoder, model.scorer, data, up_to="all")
-        payload["tables"] = {"queries": q.cpu().contiguous(), "items": i.cpu().contiguous()}
-    with atomic_path(run_dir / "model.pt") as tmp:
-        torch.save(payload, tmp)
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------------- evaluate
@@ -209,26 +172,34 @@ def cmd_evaluate(argv: list[str]) -> int:
     _add_retrieval_args(p)
     a = p.parse_args(argv)
     from recsys.metrics.evaluate import beyond_accuracy, evaluate
-    from recsys.runs import load_model, require_run_dir
+    from recsys.runs import Run
 
-    d = require_run_dir(a.run_dir, "config.yaml", "model.pt")
-    model, data = load_model(d)
+    run = Run.open(a.run_dir)
+    data = run.data()
+    model = run.recommender(data)
     retrieval, gallery = _retrieval(a), None
     if a.gallery:
-        gallery, _ = load_model(a.gallery, data)
+        gallery = Run.open(a.gallery).item_table_for(data.item_vocab)
     if retrieval is not None or gallery is not None:
         # A non-default retrieval is reported on its own (no beyond-accuracy pass), so defaults stay comparable.
         m = evaluate(model, data, a.split, tuple(a.ks), retrieval=retrieval, gallery=gallery)
         print(f"{a.split} metrics ({_describe_retrieval(a)}):\n" + format_metrics(m))
-        _write_json(Path(a.out) if a.out else d / f"eval_{a.split}_{_retrieval_tag(a)}.json", m)
+        _write_result(run, a.out, f"eval_{a.split}_{_retrieval_tag(a)}.json", m)
         return 0
     t = time.perf_counter()
     m = evaluate(model, data, a.split, tuple(a.ks))
     print(f"{a.split} metrics ({time.perf_counter() - t:.2f} s):\n" + format_metrics(m))
     extra = beyond_accuracy(model, data, a.split, tuple(a.ks))
     print("beyond accuracy: " + ", ".join(f"{k} {v:.4g}" for k, v in extra.items()))
-    _write_json(Path(a.out) if a.out else d / f"eval_{a.split}.json", {**m, **extra})
+    _write_result(run, a.out, f"eval_{a.split}.json", {**m, **extra})
     return 0
+
+
+def _write_result(run, out: str | None, name: str, obj) -> None:
+    if out:
+        _write_json(Path(out), obj)
+    else:
+        run.write_json(name, obj)
 
 
 def _add_retrieval_args(p) -> None:
@@ -360,7 +331,7 @@ def cmd_data(argv: list[str]) -> int:
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--path", default=None)
     a = p.parse_args(argv)
-    from recsys.data.prepare import prepare
+    from recsys.data.prepared import prepare
     from recsys.datasets import load_dataset
 
     raw = load_dataset(a.dataset, a.path)

@@ -13,13 +13,14 @@ from recsys.capabilities import EpochAware, NestedLoss
 from recsys.data.batch import Batch
 from recsys.encoders.base import RecEncoder
 from recsys.losses import BPRLoss, Loss
+from recsys.recommender import EmbeddingModel, LightningFit
 from recsys.scorers import DotScorer, Scorer
 from recsys.training.negatives import NegativeStrategy, SampledNegatives
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 
 
-class RecModel(L.LightningModule):
+class RecModel(L.LightningModule, EmbeddingModel):
     """Trains any encoder with any scorer, loss and negatives strategy, and validates by full ranking.
 
     Training: the ``negatives`` strategy embeds the batch through the encoder (one
@@ -61,6 +62,13 @@ class RecModel(L.LightningModule):
         self._bound = False
         self.epoch_times: list[float] = []
 
+    def fit(self, data, trainer: LightningFit | None = None) -> None:
+        """Fit by Lightning: ``trainer(self)`` runs ``Trainer.fit`` on this module (``configure_model`` binds data)."""
+        if trainer is None:
+            raise ValueError("RecModel is fitted by a Lightning Trainer: pass "
+                             "trainer=lambda m: L.Trainer(...).fit(m, datamodule=dm)")
+        trainer(self)
+
     # Data binding: sizes and graphs come from the data, never from configuration.
     def bind(self, data) -> None:
         """Bind the encoder to prepared data (allocates tables, builds graphs); done once."""
@@ -75,7 +83,7 @@ class RecModel(L.LightningModule):
         dm = self.trainer.datamodule
         if not isinstance(dm, RecDataModule):
             raise RuntimeError("RecModel needs a RecDataModule (trainer.fit(model, datamodule=...))")
-        self.negatives.check(self.encoder, dm.loader.examples, dm.loader.num_negatives)
+        self.negatives.check(self.encoder, dm.loader.example_builder(), dm.loader.num_negatives)
         self.bind(dm.prepare())
         if not dm.history_len:
             dm.history_len = self.encoder.history_len

@@ -1,13 +1,157 @@
-"""From a trained model to a score function: GEMM-ready tables for embedding models, ``score_users`` otherwise."""
+"""The one model protocol: every fitted model (trained encoder or closed-form baseline) is a :class:`Recommender`.
+
+A recommender is fitted on prepared data, then serves either GEMM-ready user/item tables
+(:meth:`Recommender.serving_tables`) or a score function over all items (:meth:`Recommender.score_fn`); it is saved
+and loaded through :class:`recsys.runs.Run`. Callers never ask what kind of model they hold.
+
+Trained embedding models (``recsys.model.RecModel``, :class:`EmbeddingRecommender`) share their serving code through
+:class:`EmbeddingModel`: an encoder and a scorer reduced to one GEMM over precomputed tables.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from recsys.capabilities import EmbedsNewItems
 from recsys.data.batch import Batch
 from recsys.scoring.topk import ScoreFn, gemm_score_fn
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from recsys.data.prepared import PreparedData
+
+__all__ = ["EmbeddingModel", "EmbeddingRecommender", "Recommender", "embedding_tables", "score_function",
+           "table_score_fn"]
+
+C = TypeVar("C")
+
+#: runs Lightning's ``Trainer.fit`` on a LightningModule; ``recsys fit`` passes one to :meth:`Recommender.fit`.
+LightningFit = Callable[[Any], None]
+
+
+class Recommender:
+    """A model that ranks every item for a user once fitted: what ``fit`` trains and ``evaluate``/``score`` serve.
+
+    A nominal mixin for torch modules (``state_dict``, ``load_state_dict`` and ``eval`` come from
+    ``torch.nn.Module``): closed-form baselines (:class:`recsys.baselines.Baseline`) and embedding models
+    (:class:`EmbeddingModel`) implement it. Its weights round-trip through ``state_dict`` into
+    :class:`recsys.runs.ModelPayload`.
+    """
+
+    def fit(self, data: PreparedData, trainer: LightningFit | None = None) -> None:
+        """Fit on prepared data.
+
+        Args:
+            data: the run's ``PreparedData`` (``data.train`` is the user × item training matrix).
+            trainer: runs Lightning's ``Trainer.fit`` on a LightningModule, for models trained by gradient steps
+                (``recsys fit`` passes one); closed-form models ignore it.
+        """
+        raise NotImplementedError
+
+    def bind(self, data: PreparedData) -> None:
+        """Restore data-dependent context (sizes, graphs, the training matrix) before loading fitted weights."""
+
+    def serving_tables(self, data: PreparedData, up_to: str = "train") -> tuple[Tensor, Tensor] | None:
+        """Scorer-prepared (queries, items) tables whose inner products are the scores; None if not an embedding model.
+
+        Args:
+            data: the ``PreparedData`` the model is bound to.
+            up_to: which interactions form a query's history: ``train`` (validation), ``train+valid`` (test) or
+                ``all`` (scoring after the fact).
+
+        Shapes:
+            -> queries [n_users, D], items [n_items, D]
+        """
+        return None
+
+    def score_fn(self, data: PreparedData, up_to: str = "train") -> ScoreFn:
+        """``score(user_rows, out) -> [B, n_items]``: the scores of every item, written into ``out`` when given.
+
+        The default is one GEMM over :meth:`serving_tables`.
+        """
+        tables = self.serving_tables(data, up_to)
+        if tables is None:
+            raise NotImplementedError(f"{type(self).__name__} has neither serving tables nor a score function")
+        return gemm_score_fn(*tables)
+
+    def scorer_description(self) -> dict:
+        """How the serving tables are scored (``Scorer.describe()``): the metric an ANN index should use."""
+        return {"metric": "inner_product"}
+
+    def capability(self, cap: type[C]) -> C | None:
+        """The part of this model that has the declared capability ``cap`` (:mod:`recsys.capabilities`), or None.
+
+        Embedding models answer for their encoder; models without an encoder have none.
+        """
+        return None
+
+    def new_item_table(self, table: pd.DataFrame) -> Tensor:
+        """Scorer-prepared embeddings of items unseen in training, from their side-table rows.
+
+        Raises:
+            ValueError: the model cannot embed items outside its catalogue (only text encoders can).
+
+        Shapes:
+            table: M rows -> [M, D]
+        """
+        raise ValueError(f"{type(self).__name__} cannot embed items outside its catalogue: --new-items needs a "
+                         "text encoder (AlphaRec, LinearProbe)")
+
+
+class EmbeddingModel(Recommender):
+    """The serving half of an encoder + scorer model: tables computed once, scores by one GEMM.
+
+    Mixed into modules that hold ``self.encoder`` (a ``RecEncoder``) and ``self.scorer`` (a ``Scorer``).
+    """
+
+    encoder: Any
+    scorer: Any
+
+    def fit(self, data: PreparedData, trainer: LightningFit | None = None) -> None:
+        """Bind the encoder to ``data``: the weights are trained elsewhere (``RecModel``) or pretrained."""
+        if trainer is not None:
+            raise ValueError(f"{type(self).__name__} serves trained weights; train its encoder in a RecModel")
+        self.bind(data)
+
+    def bind(self, data: PreparedData) -> None:
+        self.encoder.bind(data)
+
+    def serving_tables(self, data: PreparedData, up_to: str = "train") -> tuple[Tensor, Tensor]:
+        return embedding_tables(self.encoder, self.scorer, data, up_to)
+
+    def scorer_description(self) -> dict:
+        return self.scorer.describe()
+
+    def capability(self, cap: type[C]) -> C | None:
+        return self.encoder if isinstance(self.encoder, cap) else None
+
+    @torch.no_grad()
+    def new_item_table(self, table: pd.DataFrame) -> Tensor:
+        if not isinstance(self.encoder, EmbedsNewItems):
+            raise ValueError(f"{type(self.encoder).__name__} cannot embed items outside its catalogue: --new-items "
+                             "needs a text encoder (AlphaRec, LinearProbe)")
+        return self.scorer.prepare_items(self.encoder.embed_new_items(table))
+
+
+class EmbeddingRecommender(nn.Module, EmbeddingModel):
+    """An encoder and a scorer served as a recommender, without Lightning (a pretrained or re-bound encoder).
+
+    Its ``state_dict`` keys (``encoder.*``, ``scorer.*``) are those of the ``RecModel`` that trained the parts.
+
+    Args:
+        encoder: a ``RecEncoder`` (bound, or bound by :meth:`fit`).
+        scorer: its ``Scorer``.
+    """
+
+    def __init__(self, encoder: nn.Module, scorer: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.scorer = encoder, scorer
 
 
 @torch.no_grad()
@@ -49,30 +193,52 @@ def embedding_tables(encoder, scorer, data, up_to: str = "train", users: np.ndar
     return queries, items
 
 
-def score_function(model, data, up_to: str = "train", retrieval=None, gallery=None, exclude=None) -> ScoreFn:
-    """A ``score_fn(user_rows, out)`` for any model this framework trains.
-
-    Baselines that are not embedding models (EASE, item-kNN) expose ``score_users``; embedding models (anything
-    with ``encoder`` and ``scorer``) are reduced to one GEMM over precomputed tables.
+def table_score_fn(queries: Tensor, items: Tensor, *, normalize: bool = False, retrieval=None,
+                   gallery: Tensor | None = None, extra_items: Tensor | None = None, exclude=None) -> ScoreFn:
+    """A score function over scorer-prepared tables: exact GEMM, or a prefix / cascade / Hamming retrieval.
 
     Args:
-        model: a trained model (``RecModel``, ``LoadedModel`` or a baseline).
-        data: the ``PreparedData`` it is bound to.
-        up_to: which interactions form the queries' histories (see :func:`embedding_tables`).
-        retrieval: a :class:`recsys.scoring.cascade.Retrieval` (prefix dim, coarse-to-fine, Hamming); exact when None.
-        gallery: another embedding model whose item table to score against (a backward-compatible upgrade's old
-            model); queries keep their first ``D_gallery`` coordinates, the compatible subspace.
+        queries, items: the tables (:meth:`Recommender.serving_tables` or a run's stored ones).
+        normalize: the tables are unit vectors (cosine scorers): prefixes are re-normalised.
+        retrieval: a :class:`recsys.scoring.cascade.Retrieval`; exact when None.
+        gallery: an old model's item table to score against instead of ``items`` (a backward-compatible upgrade);
+            queries keep their first ``D_gallery`` coordinates, the compatible subspace.
+        extra_items: scorer-prepared rows appended after the item table (items unseen in training).
         exclude: CSR of items a cascade must not shortlist (the evaluator's exclusions).
+
+    Shapes:
+        queries: [U, D]; items: [N, D]; gallery: [N, D_gallery]; extra_items: [M, D]
     """
-    if hasattr(model, "score_users"):
-        if retrieval is not None or gallery is not None:
-            raise ValueError("prefix, cascade and gallery scoring need an embedding model (encoder + scorer)")
-        return model.score_users
-    queries, items = embedding_tables(model.encoder, model.scorer, data, up_to)
     if gallery is not None:
-        _, items = embedding_tables(gallery.encoder, gallery.scorer, data, up_to)
+        items = gallery
         queries = queries[:, :items.shape[1]].contiguous()
-    if retrieval is not None:
-        normalize = bool(model.scorer.describe().get("normalize", False))
-        return retrieval.score_fn(queries, items, exclude, normalize)
-    return gemm_score_fn(queries, items)
+    if extra_items is not None:
+        items = torch.cat([items, extra_items.to(items.dtype)])
+    if retrieval is None:
+        return gemm_score_fn(queries, items)
+    return retrieval.score_fn(queries, items, exclude, normalize)
+
+
+def score_function(model: Recommender, data, up_to: str = "train", retrieval=None, gallery: Tensor | None = None,
+                   exclude=None) -> ScoreFn:
+    """A ``score_fn(user_rows, out)`` for any recommender, exact or through a retrieval over its tables.
+
+    Args:
+        model: a fitted :class:`Recommender`.
+        data: the ``PreparedData`` it is bound to.
+        up_to: which interactions form the queries' histories (see :meth:`Recommender.serving_tables`).
+        retrieval: a :class:`recsys.scoring.cascade.Retrieval` (prefix dim, coarse-to-fine, Hamming); exact when None.
+        gallery: an old model's scorer-prepared item table (:meth:`recsys.runs.Run.item_table_for`) to score the
+            queries against.
+        exclude: CSR of items a cascade must not shortlist (the evaluator's exclusions).
+
+    Shapes:
+        gallery: [n_items, D_gallery]
+    """
+    if retrieval is None and gallery is None:
+        return model.score_fn(data, up_to)
+    tables = model.serving_tables(data, up_to)
+    if tables is None:
+        raise ValueError("prefix, cascade and gallery scoring need an embedding model (user and item tables)")
+    normalize = bool(model.scorer_description().get("normalize", False))
+    return table_score_fn(*tables, normalize=normalize, retrieval=retrieval, gallery=gallery, exclude=exclude)

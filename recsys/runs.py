@@ -1,107 +1,375 @@
-"""Run directories: what ``recsys fit`` writes and what ``evaluate`` / ``score`` / ``export`` read back.
+"""Run directories: :class:`Run` is the one reader and writer of what ``recsys fit`` leaves behind.
 
 Layout::
 
-    RUN/config.yaml          the fully resolved configuration
-    RUN/model.pt             {"state_dict", "tables"?}: loads with torch.load(weights_only=True)
-    RUN/data/                vocabularies, the split, side tables (Parquet)
+    RUN/config.yaml          the fully resolved configuration (what the fit parser dumped)
+    RUN/model.pt             a ModelPayload as plain dicts and tensors: loads with torch.load(weights_only=True)
+    RUN/data/                vocabularies, the split, side tables (Parquet; recsys.data.prepared.PreparedData)
     RUN/checkpoints/         Lightning's best checkpoint (trained models)
     RUN/logs/                CSV training logs (or the configured logger's)
-    RUN/metrics.json         test metrics, flat {"ndcg@20": ...}
+    RUN/metrics.json         test metrics, flat {"ndcg@20": ...}; valid_metrics.json, timing.json, eval_*.json
+
+Loading is safe: ``model.pt`` records the sha256 of ``config.yaml`` at fit time and every read of the payload
+refuses a ``config.yaml`` changed since; building the model (:meth:`Run.recommender`) also re-validates its ``model``
+section with the fit parser's declaration (:mod:`recsys.config`), so it only ever instantiates the declared types.
+Scoring from stored tables needs neither jsonargparse nor Lightning.
 """
 
 from __future__ import annotations
 
-import importlib
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
-from recsys.errors import CheckpointError, RunDirError
+from recsys.errors import CheckpointError, DataError, RunDirError
 
-MODEL_FILE = "model.pt"
+if TYPE_CHECKING:
+    import numpy as np
 
+    from recsys.data.prepared import PreparedData
+    from recsys.data.vocab import Vocabulary
+    from recsys.recommender import Recommender
 
-def require_run_dir(run_dir: str | Path, *files: str) -> Path:
-    """The run directory as a Path, or a RunDirError naming what is missing."""
-    d = Path(run_dir)
-    if not d.is_dir():
-        raise RunDirError(f"run directory {str(d)!r} does not exist (pass --run-dir of a finished `recsys fit`)")
-    for f in files:
-        if not (d / f).exists():
-            raise RunDirError(f"run directory {str(d)!r} has no {f!r}; was `recsys fit` run to completion there?")
-    return d
+__all__ = ["PAYLOAD_VERSION", "ModelPayload", "Run"]
 
-
-def read_config(run_dir: Path) -> dict:
-    import yaml
-
-    with open(run_dir / "config.yaml") as f:
-        return yaml.safe_load(f)
+#: the ``model.pt`` format this code writes; 1 is the unversioned format of earlier runs (still read).
+PAYLOAD_VERSION = 2
 
 
-def instantiate(spec):
-    """Build objects from ``class_path`` / ``init_args`` dicts, recursively (the format jsonargparse writes).
+@dataclass
+class ModelPayload:
+    """What ``model.pt`` holds: the fitted weights and what serving needs without model code.
 
-    This avoids importing jsonargparse and Lightning on the scoring path; fitting uses jsonargparse itself.
+    Args:
+        state_dict: the model's ``state_dict`` (CPU tensors).
+        scorer: the scorer's description (``Scorer.describe()``): metric, ``normalize``, temperature, class_path.
+        queries: GEMM-ready (scorer-prepared) user table, when the model is an embedding model.
+        items: GEMM-ready item table, with ``queries``.
+        concepts: one name per table dimension, for explicit-concept models (SESA).
+        config_sha256: sha256 of the run's ``config.yaml`` when the model was saved (None for version-1 runs).
+        extras: further named tables (item indexes) stored with the model.
+        version: the format version (:data:`PAYLOAD_VERSION` when written by this code).
+
+    Shapes:
+        queries: [n_users, D]; items: [n_items, D]
     """
-    if isinstance(spec, list):
-        return [instantiate(s) for s in spec]
-    if isinstance(spec, dict):
-        if "class_path" in spec:
-            module, _, name = spec["class_path"].rpartition(".")
-            cls = getattr(importlib.import_module(module), name)
-            args = {k: instantiate(v) for k, v in (spec.get("init_args") or {}).items()}
-            return cls(**args)
-        return {k: instantiate(v) for k, v in spec.items()}
-    return spec
+
+    state_dict: dict[str, Tensor]
+    scorer: dict[str, Any] = field(default_factory=lambda: {"metric": "inner_product"})
+    queries: Tensor | None = None
+    items: Tensor | None = None
+    concepts: list[str] | None = None
+    config_sha256: str | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    version: int = PAYLOAD_VERSION
+
+    def __post_init__(self) -> None:
+        if (self.queries is None) != (self.items is None):
+            raise ValueError("a payload stores both serving tables or neither")
+
+    @property
+    def tables(self) -> tuple[Tensor, Tensor] | None:
+        """``(queries, items)``, or None when the model is not an embedding model."""
+        return None if self.queries is None else (self.queries, self.items)
+
+    def to_dict(self) -> dict:
+        """Plain dicts, lists, strings and tensors, as ``torch.save`` stores them (loadable with weights_only)."""
+        d: dict[str, Any] = {"format_version": PAYLOAD_VERSION, "state_dict": dict(self.state_dict),
+                             "scorer": dict(self.scorer), "config_sha256": self.config_sha256,
+                             "extras": dict(self.extras)}
+        if self.queries is not None:
+            d["tables"] = {"queries": self.queries, "items": self.items}
+        if self.concepts:
+            d["concepts"] = list(self.concepts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d, source: str = "model.pt") -> ModelPayload:
+        """The payload :meth:`to_dict` wrote (or a version-1 checkpoint).
+
+        Raises:
+            CheckpointError: not a recsys payload, or one of a newer format than this code reads.
+        """
+        if not isinstance(d, dict) or not isinstance(d.get("state_dict"), dict):
+            raise CheckpointError(f"{source} is not a recsys model payload (no state_dict)")
+        version = d.get("format_version", 1)
+        if not isinstance(version, int) or version < 1:
+            raise CheckpointError(f"{source} has an invalid payload format version {version!r}")
+        if version > PAYLOAD_VERSION:
+            raise CheckpointError(f"{source} has payload format version {version}, newer than this recsys reads "
+                                  f"(up to {PAYLOAD_VERSION}): upgrade recsys to load it")
+        tables = d.get("tables") or {}
+        scorer, concepts = d.get("scorer"), d.get("concepts")
+        if version == 1:  # JSON strings, and no config hash
+            scorer = json.loads(scorer) if scorer else None
+            concepts = json.loads(concepts) if concepts else None
+        return cls(state_dict=d["state_dict"], scorer=scorer or {"metric": "inner_product"},
+                   queries=tables.get("queries"), items=tables.get("items"),
+                   concepts=list(concepts) if concepts else None, config_sha256=d.get("config_sha256"),
+                   extras=dict(d.get("extras") or {}), version=version)
 
 
-def load_checkpoint(path: Path) -> dict:
-    """``torch.load(weights_only=True)`` with a clear error for truncated or corrupted files."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for damaged files
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: it is truncated, corrupted or not a recsys "
-                              f"checkpoint ({type(e).__name__}: {e})") from e
+class Run:
+    """A run directory: the config, the model payload, the prepared data, metrics and logs of one ``recsys fit``.
 
+    ``Run(path)`` does no I/O; :meth:`create` starts a run, :meth:`open` checks a finished one. The payload, the
+    prepared data and the vocabularies are each read once per ``Run`` object and cached.
 
-class LoadedModel(torch.nn.Module):
-    """The scoring part of a trained ``RecModel`` (encoder + scorer), rebuilt without Lightning."""
-
-    def __init__(self, encoder, scorer) -> None:
-        super().__init__()
-        self.encoder, self.scorer = encoder, scorer
-
-
-def load_model(run_dir: str | Path, data=None):
-    """Rebuild a trained model from a run directory, bound to its data, with its trained weights.
-
-    Returns a ``Baseline`` (fitted outside Lightning) or a ``LoadedModel`` (encoder + scorer of a ``RecModel``).
+    Args:
+        path: the run directory.
     """
-    d = require_run_dir(run_dir, "config.yaml", MODEL_FILE)
-    if data is None:
-        from recsys.data.prepared import PreparedData
 
-        data = PreparedData.load(d / "data")
-    spec = read_config(d)["model"]
-    ckpt = load_checkpoint(d / MODEL_FILE)
-    if spec["class_path"].endswith("RecModel"):
-        args = spec.get("init_args") or {}
-        from recsys.scorers import DotScorer
+    CONFIG = "config.yaml"
+    MODEL = "model.pt"
+    DATA = "data"
 
-        scorer = instantiate(args["scorer"]) if args.get("scorer") else DotScorer()
-        model = LoadedModel(instantiate(args["encoder"]), scorer)
-        model.encoder.bind(data)
-        state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(("encoder.", "scorer."))}
-    else:
-        model = instantiate(spec)
-        state = ckpt["state_dict"]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {str(d / MODEL_FILE)!r} does not match the configured model: {e}") from e
-    if hasattr(model, "bind") and not isinstance(model, LoadedModel):
-        model.bind(data)
-    model.eval()
-    return model, data
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._payload: ModelPayload | None = None
+        self._data: PreparedData | None = None
+        self._vocab: dict[str, Vocabulary] = {}
+        self._written_sha256: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(cls, path: str | Path, config_text: str) -> Run:
+        """Start a run: make the directory and write its resolved ``config.yaml`` (atomically)."""
+        from recsys.io_utils import atomic_write_text
+
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run.path / cls.CONFIG, config_text)
+        # The hash of what was written, not of the file when the model is saved hours later.
+        run._written_sha256 = hashlib.sha256(config_text.encode()).hexdigest()
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        """A finished run (its directory holds ``config.yaml`` and ``model.pt``).
+
+        Raises:
+            RunDirError: the directory or one of the files is missing.
+        """
+        run = cls(path)
+        if not run.path.is_dir():
+            raise RunDirError(f"run directory {str(run.path)!r} does not exist (pass --run-dir of a finished "
+                              "`recsys fit`)")
+        run._require(cls.CONFIG, cls.MODEL)
+        return run
+
+    def _require(self, *files: str) -> None:
+        for f in files:
+            if not (self.path / f).exists():
+                raise RunDirError(f"run directory {str(self.path)!r} has no {f!r}; was `recsys fit` run to "
+                                  "completion there?")
+
+    @property
+    def status(self) -> str:
+        """``configured`` (config written), ``fitted`` (model saved) or ``finished`` (fit's last file, timing.json)."""
+        if (self.path / "timing.json").exists():
+            return "finished"
+        return "fitted" if (self.path / self.MODEL).exists() else "configured"
+
+    # ------------------------------------------------------------------------------------------------ config
+    def config_text(self) -> str:
+        """The resolved configuration as written at fit time."""
+        self._require(self.CONFIG)
+        return (self.path / self.CONFIG).read_text()
+
+    def config_sha256(self) -> str:
+        """sha256 of ``config.yaml``'s bytes."""
+        self._require(self.CONFIG)
+        return hashlib.sha256((self.path / self.CONFIG).read_bytes()).hexdigest()
+
+    def config_dict(self) -> dict:
+        """``config.yaml`` as plain YAML data (for reports; build objects with :meth:`recommender`)."""
+        import yaml
+
+        return yaml.safe_load(self.config_text())
+
+    def _check_config(self, payload: ModelPayload) -> None:
+        if payload.config_sha256 is None:  # version-1 runs recorded no hash
+            return
+        got = self.config_sha256()
+        if got != payload.config_sha256:
+            from recsys.config import ConfigError
+
+            raise ConfigError(f"config.yaml of run {str(self.path)!r} was changed after fit (sha256 {got[:12]}…, "
+                              f"model.pt records {payload.config_sha256[:12]}…): restore it or fit again")
+
+    # ------------------------------------------------------------------------------------------------ model
+    @property
+    def payload(self) -> ModelPayload:
+        """The model payload, read once (and checked against ``config.yaml``).
+
+        Raises:
+            CheckpointError: ``model.pt`` is damaged, not a recsys payload, or of a newer format.
+            ConfigError: ``config.yaml`` was changed after fit.
+        """
+        if self._payload is None:
+            self._require(self.MODEL)
+            path = self.path / self.MODEL
+            try:
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # torch raises several types for damaged files
+                raise CheckpointError(f"cannot read checkpoint {str(path)!r}: it is truncated, corrupted or not a "
+                                      f"recsys checkpoint ({type(e).__name__}: {e})") from e
+            payload = ModelPayload.from_dict(raw, str(path))
+            self._check_config(payload)
+            self._payload = payload
+        return self._payload
+
+    def save_payload(self, payload: ModelPayload) -> None:
+        """Write ``model.pt`` atomically; the hash of the current ``config.yaml`` is recorded when absent."""
+        from recsys.io_utils import atomic_path
+
+        if payload.config_sha256 is None:
+            payload.config_sha256 = self._written_sha256 or self.config_sha256()
+        with atomic_path(self.path / self.MODEL) as tmp:
+            torch.save(payload.to_dict(), tmp)
+        self._payload = payload
+
+    def save_model(self, model: Recommender, data: PreparedData, extras: dict[str, Tensor] | None = None
+                   ) -> ModelPayload:
+        """Save a fitted recommender: its weights, plus GEMM-ready tables so that scoring needs no model code.
+
+        Args:
+            model: the fitted recommender.
+            data: the data it is bound to (the tables' queries read histories ``up_to="all"``).
+            extras: further named tables to store (item-index tables; see :attr:`ModelPayload.extras`).
+        """
+        from recsys.capabilities import ExplicitConcepts
+
+        tables = model.serving_tables(data, up_to="all")
+        explicit = model.capability(ExplicitConcepts)
+        payload = ModelPayload(
+            state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            scorer=model.scorer_description(),
+            queries=None if tables is None else tables[0].detach().cpu().contiguous(),
+            items=None if tables is None else tables[1].detach().cpu().contiguous(),
+            # Explicit-concept models (SESA): dimension names, so `recsys score --explain` needs no model code.
+            concepts=list(explicit.concept_names()) if explicit is not None else None,
+            extras={k: v.detach().cpu().contiguous() for k, v in (extras or {}).items()})
+        self.save_payload(payload)
+        return payload
+
+    def recommender(self, data: PreparedData | None = None) -> Recommender:
+        """The fitted model, rebuilt from the validated config, bound to ``data`` (the run's own when None).
+
+        Raises:
+            ConfigError: ``config.yaml`` changed after fit or names a class outside the declared types.
+            CheckpointError: the weights do not fit the configured model.
+        """
+        from recsys.config import instantiate_model
+
+        payload = self.payload  # checks config.yaml against the hash before it is parsed
+        model = instantiate_model(self.config_text(), f"config.yaml of run {str(self.path)!r}")
+        model.bind(self.data() if data is None else data)
+        try:
+            model.load_state_dict(payload.state_dict, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {str(self.path / self.MODEL)!r} does not match the configured "
+                                  f"model: {e}") from e
+        model.eval()
+        return model
+
+    def item_table_for(self, item_vocab: Vocabulary) -> Tensor:
+        """This run's stored item table, to serve (or train against) as the gallery of a catalogue.
+
+        Raises:
+            DataError: the catalogues differ (another item vocabulary) or the run stores no item table.
+
+        Shapes:
+            -> [n_items, D]
+        """
+        if not _same_ids(self.vocab("item"), item_vocab):
+            raise DataError("the gallery run's item vocabulary differs from this run's", file=str(self.path))
+        if self.payload.items is None:
+            raise DataError("the gallery run has no stored item table", file=str(self.path / self.MODEL))
+        return self.payload.items
+
+    def lightning_state(self, checkpoint: str | Path) -> dict[str, Tensor]:
+        """The ``state_dict`` of a Lightning checkpoint this run wrote (``checkpoints/best.ckpt``)."""
+        try:
+            return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        except Exception as e:  # torch raises several types for damaged files
+            raise CheckpointError(f"cannot read checkpoint {str(checkpoint)!r} ({type(e).__name__}: {e})") from e
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    # ------------------------------------------------------------------------------------------------ data
+    def save_data(self, data: PreparedData) -> None:
+        """Write the vocabularies, the split and the side tables under ``data/``."""
+        data.save(self.path / self.DATA)
+        self._data = data
+
+    def data(self) -> PreparedData:
+        """The prepared data the model was fitted on (read once)."""
+        if self._data is None:
+            from recsys.data.prepared import PreparedData
+
+            self._require(f"{self.DATA}/split.parquet")
+            self._data = PreparedData.load(self.path / self.DATA)
+        return self._data
+
+    def vocab(self, side: str) -> Vocabulary:
+        """The ``user`` or ``item`` vocabulary, without reading the rest of the data (no pandas)."""
+        if self._data is not None:
+            return self._data.user_vocab if side == "user" else self._data.item_vocab
+        if side not in self._vocab:
+            from recsys.data.vocab import Vocabulary
+
+            f = f"{self.DATA}/{side}_vocab.parquet"
+            self._require(f)
+            self._vocab[side] = Vocabulary.load(self.path / f, side)
+        return self._vocab[side]
+
+    def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """User and item rows of the training interactions, without pandas (the scoring path's exclusions).
+
+        Shapes:
+            -> users [nnz], items [nnz]
+        """
+        import pyarrow.parquet as pq
+
+        from recsys.io_utils import arrow_to_numpy
+
+        f = f"{self.DATA}/split.parquet"
+        self._require(f)
+        split = pq.ParquetFile(self.path / f).read(columns=["user", "item", "split"])
+        train = arrow_to_numpy(split.column("split")) == 0
+        return arrow_to_numpy(split.column("user"))[train], arrow_to_numpy(split.column("item"))[train]
+
+    # ------------------------------------------------------------------------------------------------ results
+    def artifact(self, name: str) -> Path:
+        """The path of a result file inside the run (``per_user_test.parquet``, ``eval_test.json``, ...)."""
+        return self.path / name
+
+    def write_json(self, name: str, obj) -> None:
+        """Write a JSON result (sorted keys, atomically)."""
+        from recsys.io_utils import atomic_write_text
+
+        atomic_write_text(self.path / name, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+    def read_json(self, name: str) -> dict:
+        """A JSON result of the run (``metrics.json``, ``valid_metrics.json``, ``timing.json``, ...)."""
+        self._require(name)
+        return json.loads((self.path / name).read_text())
+
+    def metrics(self, split: str = "test") -> dict[str, float]:
+        """The metrics ``recsys fit`` wrote for ``test`` (``metrics.json``) or ``valid``."""
+        return self.read_json("metrics.json" if split == "test" else f"{split}_metrics.json")
+
+
+def _same_ids(a: Vocabulary, b: Vocabulary) -> bool:
+    return a.ids.dtype == b.ids.dtype and len(a) == len(b) and bool((a.ids == b.ids).all())

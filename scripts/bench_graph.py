@@ -222,15 +222,11 @@ def scaling_check() -> None:
     print(f"[scaling] one LightGCN training epoch: {wall:.1f} s wall, {cpu:.1f} s CPU; peak RSS "
           f"{peak_rss_gib():.2f} GiB", flush=True)
 
-    class Model(torch.nn.Module):
-        def __init__(self, encoder) -> None:
-            super().__init__()
-            from recsys.scorers import DotScorer
-
-            self.encoder, self.scorer = encoder, DotScorer()
+    from recsys.recommender import EmbeddingRecommender
+    from recsys.scorers import DotScorer
 
     t = time.perf_counter()
-    metrics = evaluate(Model(enc).eval(), data, "test")
+    metrics = evaluate(EmbeddingRecommender(enc, DotScorer()).eval(), data, "test")
     print(f"[scaling] full-ranking test evaluation ({len(np.unique(data.users[data.labels == 2]))} users x "
           f"{data.n_items} items): {time.perf_counter() - t:.1f} s, ndcg@20 {metrics['ndcg@20']:.4f}", flush=True)
     peak = peak_rss_gib()

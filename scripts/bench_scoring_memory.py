@@ -36,32 +36,30 @@ def build_run(run: Path, n_users: int, n_items: int, dim: int, seen: int, seed: 
         seen: training items per user (a quarter of them from the 500 most popular items).
         seed: RNG seed.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    from recsys.data.prepared import PreparedData
     from recsys.data.vocab import Vocabulary
+    from recsys.runs import ModelPayload, Run
 
     rng = np.random.default_rng(seed)
-    (run / "data").mkdir(parents=True, exist_ok=True)
+    # No model to rebuild: `recsys score` serves the stored tables and never parses this config.
+    r = Run.create(run, "# synthetic tables written by scripts/bench_scoring_memory.py; no model to rebuild\n"
+                        "model: null\n")
     queries = rng.standard_normal((n_users, dim), dtype=np.float32)
     items = rng.standard_normal((n_items, dim), dtype=np.float32)
     # A popular head: coordinate 0 lifts 500 items for every user, so top lists overlap and masking matters.
     head = min(500, n_items)
     queries[:, 0] = np.abs(queries[:, 0]) + 1
     items[:head, 0] += 3
-    torch.save({"state_dict": {}, "scorer": json.dumps({"metric": "inner_product"}),
-                "tables": {"queries": torch.from_numpy(queries), "items": torch.from_numpy(items)}}, run / "model.pt")
+    r.save_payload(ModelPayload(state_dict={}, queries=torch.from_numpy(queries), items=torch.from_numpy(items)))
     del queries, items
-    Vocabulary(np.arange(n_users, dtype=np.int64) + 10_000_000, "user").save(run / "data/user_vocab.parquet")
-    Vocabulary(np.arange(n_items, dtype=np.int64) + 500_000, "item").save(run / "data/item_vocab.parquet")
     n_head = seen // 4
     users = np.repeat(np.arange(n_users, dtype=np.int64), seen)
     picks = rng.integers(0, n_items, (n_users, seen))
     picks[:, :n_head] = rng.integers(0, head, (n_users, n_head))
-    with pq.ParquetWriter(run / "data/split.parquet", pa.schema([("user", pa.int64()), ("item", pa.int64()),
-                                                                 ("split", pa.int8())])) as w:
-        w.write_table(pa.table({"user": users, "item": picks.reshape(-1).astype(np.int64),
-                                "split": np.zeros(len(users), dtype=np.int8)}))
+    r.save_data(PreparedData(Vocabulary(np.arange(n_users, dtype=np.int64) + 10_000_000, "user"),
+                             Vocabulary(np.arange(n_items, dtype=np.int64) + 500_000, "item"), users,
+                             picks.reshape(-1).astype(np.int64), np.zeros(len(users), dtype=np.int8),
+                             name="bench-scoring-memory"))
 
 
 def verify(run: Path, out: Path, k: int, sample: int, seed: int = 1) -> dict:
@@ -74,17 +72,21 @@ def verify(run: Path, out: Path, k: int, sample: int, seed: int = 1) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    t = torch.load(run / "model.pt", weights_only=True)["tables"]
-    queries, items = t["queries"], t["items"]
+    from recsys.runs import Run
+
+    r = Run.open(run)
+    queries, items = r.payload.tables
     n_users, n_items = len(queries), len(items)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n_users, size=min(sample, n_users), replace=False))
     ids = rows + 10_000_000
-    split = pq.read_table(run / "data/split.parquet", filters=[("user", "in", rows.tolist())])
+    train_users, train_items = r.train_pairs()
+    sampled = np.isin(train_users, rows)
+    split_users, split_items = train_users[sampled], train_items[sampled]
     scores = queries[torch.from_numpy(rows)] @ items.T
     unmasked = torch.topk(scores, k, dim=1).indices
-    pos = np.searchsorted(rows, split.column("user").to_numpy())
-    scores[torch.from_numpy(pos), torch.from_numpy(split.column("item").to_numpy())] = float("-inf")
+    pos = np.searchsorted(rows, split_users)
+    scores[torch.from_numpy(pos), torch.from_numpy(split_items)] = float("-inf")
     ref_vals, ref_idx = torch.topk(scores, k, dim=1, sorted=True)
     got = []
     id_set = pa.array(ids)
@@ -120,7 +122,9 @@ def main() -> None:
     run, out = work / "run", work / "scores"
     try:
         t = time.perf_counter()
-        if not (run / "model.pt").exists():
+        from recsys.runs import Run
+
+        if Run(run).status == "configured":  # no model.pt yet
             build_run(run, a.users, a.items, a.dim, a.seen)
         print(f"synthetic run: {a.users} users x {a.items} items, d={a.dim}, seen={a.seen}/user "
               f"({time.perf_counter() - t:.1f} s to build)", flush=True)

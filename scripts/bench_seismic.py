@@ -29,22 +29,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recsys.retrieval import SeismicIndex, exact_topk  # noqa: E402
-from recsys.runs import MODEL_FILE, load_checkpoint, require_run_dir  # noqa: E402
+from recsys.runs import Run  # noqa: E402
 from recsys.scoring.topk import RowSets  # noqa: E402
 
 
 def load_tables(run_dir: Path, n_items: int | None, seed: int = 0):
     """(queries, items, exclude) as float32 numpy arrays (exclude: RowSets of training items, or None)."""
-    d = require_run_dir(run_dir, MODEL_FILE)
-    ckpt = load_checkpoint(d / MODEL_FILE)
-    q = ckpt["tables"]["queries"].numpy().astype(np.float32)
-    items = ckpt["tables"]["items"].numpy().astype(np.float32)
+    run = Run.open(run_dir)
+    if run.payload.tables is None:
+        raise SystemExit(f"{run_dir} stores no user/item tables")
+    q = run.payload.queries.numpy().astype(np.float32)
+    items = run.payload.items.numpy().astype(np.float32)
     if n_items is None:
-        import pyarrow.parquet as pq
-
-        s = pq.read_table(d / "data/split.parquet").to_pandas()
-        s = s[s["split"] == 0]
-        return q, items, RowSets.from_pairs(s["user"].to_numpy(), s["item"].to_numpy(), len(q))
+        return q, items, RowSets.from_pairs(*run.train_pairs(), len(q))
     rng = np.random.default_rng(seed)
     base = items[rng.integers(0, len(items), n_items)]
     noise = rng.lognormal(0.0, 0.3, size=base.shape).astype(np.float32)

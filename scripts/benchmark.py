@@ -28,7 +28,9 @@ METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "mrr@20", "
 
 def run_config(config: Path, out: Path, args, extra: list[str]) -> dict:
     run_dir = out / config.stem
-    if args.reuse and (run_dir / "timing.json").exists():
+    from recsys.runs import Run
+
+    if args.reuse and Run(run_dir).status == "finished":
         return _collect(config, run_dir, None)
     cmd = [sys.executable, "-m", "recsys.cli", "fit", "--config", str(config), "--run-dir", str(run_dir),
            "--data.dataset", args.dataset, "--trainer.enable_progress_bar", "false",
@@ -45,8 +47,10 @@ def run_config(config: Path, out: Path, args, extra: list[str]) -> dict:
 
 
 def _collect(config: Path, run_dir: Path, wall: float | None) -> dict:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    timing = json.loads((run_dir / "timing.json").read_text())
+    from recsys.runs import Run
+
+    run = Run.open(run_dir)
+    metrics, timing = run.metrics(), run.read_json("timing.json")
     epochs = timing.get("train_epoch_s") or []
     return {"config": config.stem, "run_dir": str(run_dir), **metrics, "fit_s": timing["fit_s"],
             "epoch_s": float(np.mean(epochs)) if epochs else None, "epochs": len(epochs) or None,
@@ -81,13 +85,15 @@ def run_recbole(model: str, protocol: str = "p1") -> dict:
 
 def add_significance(rows: list[dict]) -> None:
     from recsys.metrics.significance import paired_test
+    from recsys.runs import Run
 
     ok = [r for r in rows if "error" not in r and "run_dir" in r]
     if len(ok) < 2:
         return
-    ref = pq.read_table(Path(ok[0]["run_dir"]) / "per_user_test.parquet").to_pandas().set_index("user")
+
+    ref = pq.read_table(Run(ok[0]["run_dir"]).artifact("per_user_test.parquet")).to_pandas().set_index("user")
     for r in ok[1:]:
-        other = pq.read_table(Path(r["run_dir"]) / "per_user_test.parquet").to_pandas().set_index("user")
+        other = pq.read_table(Run(r["run_dir"]).artifact("per_user_test.parquet")).to_pandas().set_index("user")
         common = ref.index.intersection(other.index)
         a, b = other.loc[common, "ndcg@20"].to_numpy(), ref.loc[common, "ndcg@20"].to_numpy()
         r["p_ttest_vs_first"] = paired_test(a, b, "ttest")["p_value"]

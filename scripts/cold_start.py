@@ -27,8 +27,6 @@ Example (P1)::
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib
 import json
 import logging
 import sys
@@ -121,11 +119,6 @@ def build(config: str, overrides: dict):
     return model_spec, loader, trainer, patience
 
 
-def _resolve(class_path: str):
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 def train(model_spec, data, loader, trainer_args: dict, patience: int, seed: int, workdir: Path,
           reuse: bool = False):
     """Fit a RecModel on ``data`` with early stopping on valid ndcg@20; returns the model with its best weights."""
@@ -133,17 +126,13 @@ def train(model_spec, data, loader, trainer_args: dict, patience: int, seed: int
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from recsys.runs import instantiate
+    from recsys.config import build_component
+    from recsys.model import RecModel
 
     L.seed_everything(seed, workers=True, verbose=False)
     best = workdir / "best.ckpt"
-    args = dict(model_spec["init_args"])
-    opt = args.pop("optimizer", None)
-    model_cls = _resolve(model_spec["class_path"])
-    kwargs = {k: instantiate(v) for k, v in args.items()}
-    if opt is not None:  # an optimizer factory ``params -> Optimizer``, as jsonargparse builds for ``recsys fit``
-        kwargs["optimizer"] = functools.partial(_resolve(opt["class_path"]), **(opt.get("init_args") or {}))
-    model = model_cls(**kwargs)
+    # Validated and built as `recsys fit` builds it (the optimizer spec becomes a ``params -> Optimizer`` factory).
+    model = build_component(model_spec, RecModel, "the model spec")
     if reuse and best.exists():  # re-evaluate a finished run (e.g. other cold-item options) without training
         model.bind(data)
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
@@ -169,14 +158,16 @@ def rebind(model_spec, trained, full, encoder_args: dict | None = None):
     """
     import copy
 
-    from recsys.runs import LoadedModel, instantiate
+    from recsys.config import build_component
+    from recsys.encoders.base import RecEncoder
+    from recsys.recommender import EmbeddingRecommender
 
     spec = copy.deepcopy(model_spec["init_args"]["encoder"])
     spec.setdefault("init_args", {}).update(encoder_args or {})
-    enc = instantiate(spec)
+    enc = build_component(spec, RecEncoder, "the encoder spec")
     enc.bind(full)
     enc.load_state_dict(trained.encoder.state_dict(), strict=True)
-    return LoadedModel(enc, trained.scorer).eval()
+    return EmbeddingRecommender(enc, trained.scorer).eval()
 
 
 def rank_metrics(model, full, users, relevant, ks=(10, 20)) -> dict[str, float]:

@@ -68,9 +68,11 @@ def dataset_args(name: str) -> list[str]:
 
 def run_one(run_dir: Path, dataset: str, layout: str, compression: float, a) -> None:
     """Train and test one point through ``recsys fit`` (skipped when the run already finished)."""
-    if (run_dir / "metrics.json").exists():
-        return
     from recsys.cli import main
+    from recsys.runs import Run
+
+    if Run(run_dir).status == "finished":
+        return
 
     enc = "--model.init_args.encoder.init_args."
     argv = ["fit", "--config", str(CONFIG), "--run-dir", str(run_dir), "--seed", str(a.seed),
@@ -94,13 +96,11 @@ def run_one(run_dir: Path, dataset: str, layout: str, compression: float, a) -> 
 
 def collect(run_dir: Path, dataset: str, layout: str, compression: float) -> dict:
     """One result row: metrics, parameter counts and collision rates of a finished run."""
-    from recsys.runs import load_model
+    from recsys.runs import Run
 
-    model, _ = load_model(run_dir)
-    enc = model.encoder
-    test = json.loads((run_dir / "metrics.json").read_text())
-    valid = json.loads((run_dir / "valid_metrics.json").read_text())
-    timing = json.loads((run_dir / "timing.json").read_text())
+    run = Run.open(run_dir)
+    enc = run.recommender().encoder
+    test, valid, timing = run.metrics(), run.metrics("valid"), run.read_json("timing.json")
     stats = enc.collision_stats()
     item_id = stats["item"]["item_id"]
     total = sum(p.numel() for p in enc.parameters())
@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from recsys.runs import Run
+
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir = a.out / "runs" / ds / f"{layout}-x{c:.4g}"
                 if not a.report_only:
                     run_one(run_dir, ds, layout, c, a)
-                if (run_dir / "metrics.json").exists():
+                if Run(run_dir).status == "finished":
                     rows.append(collect(run_dir, ds, layout, c))
                     write_report(rows, a.out)  # after every point, so a long study can be read while it runs
     write_report(rows, a.out)

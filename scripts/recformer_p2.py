@@ -65,9 +65,11 @@ def test_ranks(run: Path) -> tuple[np.ndarray, np.ndarray, object]:
         -> users [U], ranks [U] (one test item per user under leave-one-out), data
     """
     from recsys.recommender import embedding_tables
-    from recsys.runs import load_model
+    from recsys.runs import Run
 
-    model, data = load_model(run)
+    r = Run.open(run)
+    data = r.data()
+    model = r.recommender(data)
     test = data.csr("test")
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     q, items = embedding_tables(model.encoder, model.scorer, data, up_to="train+valid", users=users)
@@ -91,8 +93,10 @@ def metrics(ranks: np.ndarray) -> dict:
 
 def report(out: Path, runs: dict[str, Path], timings: dict) -> dict:
     result = {}
+    from recsys.runs import Run
+
     for name, run in runs.items():
-        if not (run / "model.pt").exists():
+        if Run(run).status == "configured":
             print(f"[p2] {name}: no finished run at {run}, skipped")
             continue
         users, ranks, data = test_ranks(run)
@@ -100,9 +104,9 @@ def report(out: Path, runs: dict[str, Path], timings: dict) -> dict:
         target = data.csr("test").indices[data.csr("test").indptr[users]]
         cold = ~np.isin(target, seen_items)
         res = {"overall": metrics(ranks), "cold": metrics(ranks[cold]), "warm": metrics(ranks[~cold]),
-               "evaluator": json.loads((run / "metrics.json").read_text())}
-        cfg = (run / "config.yaml").read_text()
-        res["timing"] = timings.get(name) or json.loads((run / "timing.json").read_text())
+               "evaluator": Run(run).metrics()}
+        cfg = Run(run).config_text()
+        res["timing"] = timings.get(name) or Run(run).read_json("timing.json")
         res["config_lines"] = [ln.strip() for ln in cfg.splitlines()
                                if any(k in ln for k in ("num_layers:", "max_items:", "max_token_num:", "dim:",
                                                         "max_len:", "attention_window:", "batch_size:", "lr:",

@@ -21,20 +21,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recsys.data.concepts import clean_concept  # noqa: E402
-from recsys.data.prepared import PreparedData  # noqa: E402
-from recsys.runs import MODEL_FILE, instantiate, load_checkpoint, read_config, require_run_dir  # noqa: E402
+from recsys.config import build_component  # noqa: E402
+from recsys.data.concepts import Concepts, clean_concept  # noqa: E402
+from recsys.runs import Run  # noqa: E402
 from recsys.scoring.topk import gemm_score_fn, topk  # noqa: E402
 
 
 def faithfulness(run_dir: Path, k: int = 20) -> dict:
-    d = require_run_dir(run_dir, MODEL_FILE, "config.yaml")
-    ckpt = load_checkpoint(d / MODEL_FILE)
-    names = json.loads(ckpt["concepts"])
-    q, items = ckpt["tables"]["queries"], ckpt["tables"]["items"]
-    data = PreparedData.load(d / "data")
-    enc_args = read_config(d)["model"]["init_args"]["encoder"]["init_args"]
-    vocab = instantiate(enc_args["concepts"]).build(data)
+    run = Run.open(run_dir)
+    payload = run.payload  # checks config.yaml against the hash recorded at fit
+    if not payload.concepts or payload.tables is None:
+        raise SystemExit(f"{run_dir} is not an explicit-concept (SESA) run: no concept names stored")
+    names = payload.concepts
+    q, items = payload.tables
+    data = run.data()
+    enc_args = run.config_dict()["model"]["init_args"]["encoder"]["init_args"]
+    vocab = build_component(enc_args["concepts"], Concepts, "the run's concepts spec").build(data)
     if vocab.names != names:
         raise SystemExit("the rebuilt concept vocabulary differs from the stored one")
     test = data.csr("test")
@@ -54,7 +56,7 @@ def faithfulness(run_dir: Path, k: int = 20) -> dict:
     faithful = declared[hi, top]
     has_any = declared[hi].any(1)
     popular = int(np.argmax(declared.sum(0)))
-    out = {"run": str(d), "k": k, "test_users": int(len(users)), "hits": int(len(hi)),
+    out = {"run": str(run.path), "k": k, "test_users": int(len(users)), "hits": int(len(hi)),
            "faithful_share": float(faithful.mean()) if len(hi) else float("nan"),
            "hits_with_declared_concepts": float(has_any.mean()) if len(hi) else float("nan"),
            "faithful_share_of_hits_with_declared": float(faithful[has_any].mean()) if has_any.any() else float("nan"),

@@ -8,7 +8,6 @@ Reads only the run directory (stored explicit tables, concept names, item side t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -17,28 +16,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recsys.data.vocab import Vocabulary  # noqa: E402
-from recsys.runs import MODEL_FILE, load_checkpoint, require_run_dir  # noqa: E402
+from recsys.runs import Run  # noqa: E402
 from recsys.scoring.explain import top_concepts  # noqa: E402
 
 
 def report(run_dir: Path, user, k: int = 10, n_concepts: int = 10) -> str:
     """The text report for one external user ID."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    d = require_run_dir(run_dir, MODEL_FILE, "data/split.parquet")
-    ckpt = load_checkpoint(d / MODEL_FILE)
-    if "concepts" not in ckpt or "tables" not in ckpt:
-        raise SystemExit(f"{d} is not an explicit-concept (SESA) run: no concept names stored")
-    names = json.loads(ckpt["concepts"])
-    q, items = ckpt["tables"]["queries"], ckpt["tables"]["items"]
-    users = Vocabulary.load(d / "data/user_vocab.parquet", "user")
-    item_vocab = Vocabulary.load(d / "data/item_vocab.parquet", "item")
+    run = Run.open(run_dir)
+    payload = run.payload
+    if not payload.concepts or payload.tables is None:
+        raise SystemExit(f"{run_dir} is not an explicit-concept (SESA) run: no concept names stored")
+    names = payload.concepts
+    q, items = payload.tables
+    data = run.data()
+    users, item_vocab = data.user_vocab, data.item_vocab
     u = int(users.encode(np.asarray([user]).astype(users.ids.dtype))[0])
-    split = pq.read_table(d / "data/split.parquet").to_pandas()
-    seen = split.loc[(split["user"] == u) & (split["split"] == 0), "item"].to_numpy().copy()
-    table = pd.read_parquet(d / "data/items.parquet") if (d / "data/items.parquet").exists() else None
+    train_users, train_items = run.train_pairs()
+    seen = train_items[train_users == u].copy()
+    table = data.item_table
     title = (lambda i: str(table["title"].iloc[i])) if table is not None and "title" in table else str
 
     lines = [f"user {user} ({len(seen)} training items)", "", "concept profile (share of the user's activation mass):"]

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from recsys.metrics.evaluate import evaluate
-from recsys.runs import load_model
+from recsys.runs import Run
 from recsys.scoring.cascade import Retrieval
 
 METRIC = "ndcg@20"
@@ -35,7 +35,11 @@ def ndcg(model, data, **kw) -> float:
 
 
 def load(path: Path):
-    return load_model(path) if (path / "model.pt").exists() else (None, None)
+    """The fitted model and data of a finished run, or (None, None) when the run is not there."""
+    if Run(path).status == "configured":  # no model.pt (yet)
+        return None, None
+    run = Run.open(path)
+    return run.recommender(), run.data()
 
 
 def matryoshka(runs: Path, full: Path, rows: list, res: dict, name: str = "mrl128", native: str = "native",
@@ -112,8 +116,8 @@ def compatible(runs: Path, rows: list, res: dict, name: str = "compat", old_name
     new, ndata = load(runs / name)
     if old is None or new is None:
         return
-    # The old model rebuilt on the new run's data (the same split: same dataset and seed) scores as the gallery.
-    gallery, _ = load_model(runs / old_name, ndata)
+    # The old run's stored item table is the gallery (the same split: same dataset and seed, same item rows).
+    gallery = Run.open(runs / old_name).item_table_for(ndata.item_vocab)
     res["compatibility"] = {"old_to_old": ndcg(old, data), "new_to_new": ndcg(new, ndata),
                             "new_to_old": ndcg(new, ndata, gallery=gallery)}
     c = res["compatibility"]

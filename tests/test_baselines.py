@@ -285,3 +285,30 @@ def test_import_does_not_load_implicit(monkeypatch):
             monkeypatch.delitem(sys.modules, name)  # restored at teardown
     importlib.import_module("recsys.baselines")
     assert not any(name.split(".")[0] == "implicit" for name in sys.modules)
+
+
+@pytest.fixture(scope="module")
+def fit_parser():
+    from recsys.config import build_fit_parser
+
+    return build_fit_parser(exit_on_error=False)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_every_baseline_saves_and_loads_through_a_run(name, blocks, fitted, fit_parser, tmp_path):
+    """The one Recommender path: save_model writes the payload (factor models' tables too), recommender() rebuilds."""
+    from recsys.recommender import Recommender
+    from recsys.runs import Run
+
+    data, model = blocks[0], fitted[name]
+    assert isinstance(model, Recommender)
+    cls = type(model)
+    cfg = fit_parser.parse_object({"model": {"class_path": f"{cls.__module__}.{cls.__qualname__}"}})
+    run = Run.create(tmp_path / name, fit_parser.dump(cfg, skip_none=False))
+    run.save_data(data)
+    payload = run.save_model(model, data)
+    assert (payload.tables is not None) == (name in ("als", "bpr"))
+    if payload.tables is not None:
+        torch.testing.assert_close(payload.queries @ payload.items.T, all_scores(model, data.n_users))
+    loaded = Run.open(run.path).recommender()
+    assert torch.equal(all_scores(loaded, data.n_users), all_scores(model, data.n_users))

@@ -13,7 +13,7 @@ from conftest import REPO, fit_args
 from recsys.cli import main
 from recsys.errors import CheckpointError, DataError, RunDirError
 from recsys.metrics import per_user_metrics
-from recsys.runs import load_model
+from recsys.runs import Run
 
 
 def test_fit_writes_the_run_directory(mf_run):
@@ -29,7 +29,8 @@ def test_evaluator_agrees_with_per_user_reference(mf_run):
     """recall@20 and ndcg@20 of the evaluator equal a plain per-user computation to 1e-6."""
     from recsys.metrics.evaluate import evaluate
 
-    model, data = load_model(mf_run)
+    run = Run.open(mf_run)
+    model, data = run.recommender(), run.data()
     got = evaluate(model, data, "test")
     q = model.scorer.prepare_queries(model.encoder.user.table.weight).detach().numpy()
     items = model.encoder.item.table.weight.detach().numpy()
@@ -64,7 +65,7 @@ def test_score_writes_external_ids_and_excludes_training_items(mf_run, tmp_path)
     assert main(["score", "--run-dir", str(mf_run), "--k", "10", "--out", str(out)]) == 0
     t = pq.read_table(out).to_pandas()
     assert list(t.columns) == ["user", "item", "rank", "score"]
-    _, data = load_model(mf_run)
+    data = Run.open(mf_run).data()
     assert len(t) == data.n_users * 10
     assert t.groupby("user")["rank"].apply(lambda r: list(r) == list(range(1, 11))).all()
     assert (t.groupby("user")["score"].diff().dropna() <= 1e-6).all()
@@ -101,7 +102,7 @@ def test_missing_run_dir(tmp_path, capsys):
     assert main(["score", "--run-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "x.parquet")]) == 1
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(RunDirError):
-        load_model(tmp_path / "nope")
+        Run.open(tmp_path / "nope")
 
 
 def test_corrupted_checkpoint(mf_run, tmp_path):
@@ -112,7 +113,7 @@ def test_corrupted_checkpoint(mf_run, tmp_path):
     data = (bad / "model.pt").read_bytes()
     (bad / "model.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated, corrupted"):
-        load_model(bad)
+        _ = Run.open(bad).payload
     assert main(["score", "--run-dir", str(bad), "--out", str(tmp_path / "x.parquet")]) == 1
 
 
@@ -146,7 +147,8 @@ def test_per_user_metrics_available(mf_run):
     from recsys.metrics.evaluate import rank_split
     from recsys.recommender import score_function
 
-    model, data = load_model(mf_run)
+    run = Run.open(mf_run)
+    model, data = run.recommender(), run.data()
     users, ranked = rank_split(score_function(model, data, "train+valid"), data, "test", 20)
     pu = per_user_metrics(ranked, data.csr("test")[users])
     assert len(pu["ndcg@20"]) == len(users)

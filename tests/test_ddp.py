@@ -9,7 +9,7 @@ import pandas as pd
 from conftest import REPO, TINY_SYNTHETIC
 
 from recsys.metrics.evaluate import evaluate
-from recsys.runs import load_model
+from recsys.runs import Run
 
 
 def test_ddp_two_processes_match_single_process_evaluator(tmp_path):
@@ -25,7 +25,9 @@ def test_ddp_two_processes_match_single_process_evaluator(tmp_path):
     last = logged[logged["valid/ndcg@20"].notna()].iloc[-1]
     # The final checkpoint is the best one only if the last epoch was best; compare against the epoch that the
     # restored model came from by re-evaluating the restored model and finding the matching logged row.
-    model, data = load_model(run)
+    opened = Run.open(run)
+    data = opened.data()
+    model = opened.recommender(data)
     single = evaluate(model, data, "valid")
     rows = logged[logged["valid/ndcg@20"].notna()]
     diffs = (rows["valid/ndcg@20"] - single["ndcg@20"]).abs()

@@ -305,13 +305,13 @@ def test_evaluate_and_score_at_a_prefix_and_by_cascade(tmp_path):
     t = pq.read_table(out).to_pandas()
     assert t.groupby("user").size().max() == 7
     # --dim scores with the prefix of the stored tables.
-    from recsys.data.vocab import Vocabulary
-    from recsys.runs import load_checkpoint
+    from recsys.runs import Run
 
-    tables = load_checkpoint(run / "model.pt")["tables"]
-    users = Vocabulary.load(run / "data/user_vocab.parquet", "user").encode(t.user.to_numpy())
-    items = Vocabulary.load(run / "data/item_vocab.parquet", "item").encode(t.item.to_numpy())
-    want = (tables["queries"][users, :16] * tables["items"][items, :16]).sum(1).numpy()
+    r = Run.open(run)
+    payload = r.payload
+    users = r.vocab("user").encode(t.user.to_numpy())
+    items = r.vocab("item").encode(t.item.to_numpy())
+    want = (payload.queries[users, :16] * payload.items[items, :16]).sum(1).numpy()
     np.testing.assert_allclose(t.score.to_numpy(), want, rtol=1e-4, atol=1e-5)
 
 

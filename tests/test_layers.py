@@ -69,7 +69,6 @@ LAYERS = {
     "recsys.config": "serving",
     "recsys.runs": "serving",
     "recsys.recommender": "serving",
-    "recsys.recmodel_adapter": "serving",
     "recsys.metrics.evaluate": "serving",
     "recsys.scoring.batch": "serving",
     "recsys.scoring.predict": "serving",

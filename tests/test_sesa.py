@@ -218,9 +218,10 @@ def sesa_run(tiny_lm, tmp_path_factory):
 
 
 def test_fit_stores_concepts_and_score_explains(sesa_run, tmp_path):
-    ckpt = torch.load(sesa_run / "model.pt", weights_only=True)
-    names = json.loads(ckpt["concepts"])
-    q, i = ckpt["tables"]["queries"], ckpt["tables"]["items"]
+    from recsys.runs import Run
+
+    payload = Run.open(sesa_run).payload
+    names, (q, i) = payload.concepts, payload.tables
     assert q.shape[1] == i.shape[1] == len(names) and (q >= 0).all() and (i >= 0).all()
 
     out = tmp_path / "top.parquet"

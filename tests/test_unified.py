@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from recsys.data.features import FeatureSpec
-from recsys.encoders import FeatureTwoTower, PerFeatureEmbedding, SingleHashEmbedding, UnifiedEmbedding, hashing
+from recsys.encoders import (
+    FeatureEmbedding,
+    FeatureTwoTower,
+    PerFeatureTables,
+    SingleHashTable,
+    UnifiedTables,
+    hashing,
+)
 from recsys.encoders.hashing import MERSENNE_61, UniversalHash, mulmod61, stable_key, stable_keys
 from recsys.testing import EncoderConformance
 from recsys.testing.fixtures import checkerboard, tiny_synthetic
@@ -99,8 +106,8 @@ ITEM_SPECS = [FeatureSpec("item_id", "@id", num_chunks=2), FeatureSpec("color", 
 def test_unified_lookup_concatenates_chunks_and_pools():
     data = tiny_data()
     for pooling in ("mean", "sum"):
-        enc = UnifiedEmbedding(num_tables=3, buckets_per_table=50, features=ITEM_SPECS, dim_per_table=4,
-                               pooling=pooling, out_dim=32, project=False)
+        enc = FeatureEmbedding(UnifiedTables(num_tables=3, buckets_per_table=50), features=ITEM_SPECS,
+                               dim_per_table=4, pooling=pooling, out_dim=32, project=False)
         enc.bind(data, "item")
         w = enc.tables[0].weight
         assert w.shape == (3 * 50, 4) and enc.embedding_params == 600
@@ -124,19 +131,19 @@ def test_unified_lookup_concatenates_chunks_and_pools():
 
 def test_combine_sum_and_projection():
     data = tiny_data()
-    enc = UnifiedEmbedding(buckets_per_table=20, features=ITEM_SPECS, dim_per_table=4, combine="sum", out_dim=5,
-                           hidden=(7,))
+    enc = FeatureEmbedding(UnifiedTables(buckets_per_table=20), features=ITEM_SPECS, dim_per_table=4, combine="sum",
+                           out_dim=5, hidden=(7,))
     enc.bind(data, "item")
     assert enc.feature_dim == 8
     assert enc(torch.arange(6)).shape == (6, 5)
     with pytest.raises(ValueError, match="equal feature widths"):
         specs = [FeatureSpec("item_id", "@id", num_chunks=1), FeatureSpec("color", num_chunks=2)]
-        UnifiedEmbedding(features=specs, combine="sum").bind(data, "item")
+        FeatureEmbedding(features=specs, combine="sum").bind(data, "item")
 
 
 def test_many_rows_are_deduplicated_consistently():
     data = tiny_data()
-    enc = UnifiedEmbedding(buckets_per_table=20, features=ITEM_SPECS, dim_per_table=4, out_dim=8)
+    enc = FeatureEmbedding(UnifiedTables(buckets_per_table=20), features=ITEM_SPECS, dim_per_table=4, out_dim=8)
     enc.bind(data, "item")
     rows = torch.randint(0, 6, (5000,))
     torch.testing.assert_close(enc(rows), enc(torch.arange(6))[rows])
@@ -144,22 +151,24 @@ def test_many_rows_are_deduplicated_consistently():
 
 def test_collision_statistics():
     data = tiny_data()
-    wide = UnifiedEmbedding(num_tables=2, buckets_per_table=1 << 20, features=ITEM_SPECS, dim_per_table=1,
-                            out_dim=4)
+    wide = FeatureEmbedding(UnifiedTables(num_tables=2, buckets_per_table=1 << 20), features=ITEM_SPECS,
+                            dim_per_table=1, out_dim=4)
     wide.bind(data, "item")
     assert all(v == 0.0 for v in wide.collision_rates().values())
-    one = UnifiedEmbedding(num_tables=1, buckets_per_table=1, features=ITEM_SPECS, dim_per_table=1, out_dim=4)
+    one = FeatureEmbedding(UnifiedTables(num_tables=1, buckets_per_table=1), features=ITEM_SPECS, dim_per_table=1,
+                           out_dim=4)
     one.bind(data, "item")
     stats = one.collision_stats()
     assert all(s["collided"] == s["all_probes"] == s["identical"] == 1.0 for s in stats.values())
     assert stats["color"]["values"] == 4  # r, g, b and <missing>
     # Per-feature tables without a budget hold whole vocabularies: collision-free.
-    exact = PerFeatureEmbedding(features=ITEM_SPECS, dim_per_table=2, out_dim=4)
+    exact = FeatureEmbedding(PerFeatureTables(), features=ITEM_SPECS, dim_per_table=2, out_dim=4)
     exact.bind(data, "item")
     assert all(v == 0.0 for v in exact.collision_rates().values())
     assert exact.embedding_params == sum(len(f.vocab) * 4 for f in exact.features.values())
     # Two chunks rarely collide together: identical ≤ all_probes ≤ collided.
-    mid = UnifiedEmbedding(num_tables=2, buckets_per_table=5, features=ITEM_SPECS, dim_per_table=1, out_dim=4)
+    mid = FeatureEmbedding(UnifiedTables(num_tables=2, buckets_per_table=5), features=ITEM_SPECS, dim_per_table=1,
+                           out_dim=4)
     mid.bind(data, "item")
     for s in mid.collision_stats().values():
         assert s["identical"] <= s["all_probes"] <= s["collided"]
@@ -168,20 +177,21 @@ def test_collision_statistics():
 def test_equal_budgets_across_layouts():
     data = tiny_synthetic()
     sizes = {}
-    for layout in ("unified", "per_feature", "single_hash"):
+    for layout in (UnifiedTables(num_tables=2), PerFeatureTables(), SingleHashTable()):
         m = FeatureTwoTower(layout, budget=1500, dim_per_table=4, num_chunks=2, out_dim=16)
         m.bind(data)
-        sizes[layout] = m.embedding_params
+        sizes[repr(layout)] = m.embedding_params
         assert m.collision_stats()["item"].keys() >= {"item_id", "concepts"}
     assert all(1400 <= s <= 1500 for s in sizes.values()), sizes
     # Water-filling: small vocabularies are kept whole, the ID table is hashed into what is left.
-    enc = PerFeatureEmbedding(features=None, dim_per_table=4, num_chunks=2, compression=0.6)
+    enc = FeatureEmbedding(PerFeatureTables(), features=None, dim_per_table=4, num_chunks=2, compression=0.6)
     enc.bind(data, "item")
     assert enc.rows["category"] == 8 and enc.rows["year"] == len(enc.features["year"].vocab)
     assert enc.rows["item_id"] < data.n_items
     assert enc.collision_rates()["category"] == 0.0 and enc.collision_rates()["item_id"] > 0
     # Proportional: every feature compressed alike (at least one row).
-    prop = PerFeatureEmbedding(allocation="proportional", dim_per_table=4, num_chunks=2, compression=0.25)
+    prop = FeatureEmbedding(PerFeatureTables(allocation="proportional"), dim_per_table=4, num_chunks=2,
+                            compression=0.25)
     prop.bind(data, "item")
     assert prop.rows["item_id"] == data.n_items // 4 and prop.rows["category"] == 2
     assert prop.embedding_params <= 0.25 * sum(len(f.vocab) * 8 for f in prop.features.values())
@@ -189,7 +199,7 @@ def test_equal_budgets_across_layouts():
 
 def test_single_hash_uses_one_table():
     data = tiny_data()
-    enc = SingleHashEmbedding(buckets=7, features=ITEM_SPECS, dim_per_table=3, out_dim=4)
+    enc = FeatureEmbedding(SingleHashTable(buckets=7), features=ITEM_SPECS, dim_per_table=3, out_dim=4)
     enc.bind(data, "item")
     assert len(enc.tables) == 1 and enc.tables[0].weight.shape == (7, 6)
     assert enc(torch.arange(6)).shape == (6, 4)
@@ -200,7 +210,7 @@ class TestUnifiedTwoTower(EncoderConformance):
     lr = 0.02
 
     def make_encoder(self):
-        return FeatureTwoTower("unified", dim_per_table=8, num_chunks=2, num_tables=2, buckets_per_table=64,
+        return FeatureTwoTower(UnifiedTables(num_tables=2, buckets_per_table=64), dim_per_table=8, num_chunks=2,
                                out_dim=16)
 
 
@@ -209,7 +219,7 @@ class TestPerFeatureTwoTower(EncoderConformance):
     learns_checkerboard = False  # the unified model above covers learning; this checks the contract
 
     def make_encoder(self):
-        return FeatureTwoTower("per_feature", dim_per_table=8, num_chunks=2, compression=0.5, out_dim=16)
+        return FeatureTwoTower(PerFeatureTables(), dim_per_table=8, num_chunks=2, compression=0.5, out_dim=16)
 
 
 def test_user_cold_start_gets_recommendations():
@@ -221,7 +231,7 @@ def test_user_cold_start_gets_recommendations():
     data = tiny_data()
     cold = 3  # user 3's only interaction is in the test split
     assert data.train[cold].nnz == 0 and data.csr("test")[cold].nnz == 1
-    for layout in ("unified", "per_feature", "single_hash"):
+    for layout in (UnifiedTables(num_tables=2), PerFeatureTables(), SingleHashTable()):
         torch.manual_seed(0)
         enc = FeatureTwoTower(layout, dim_per_table=4, num_chunks=2, compression=0.5, out_dim=8,
                               user_features=[FeatureSpec("user_id", "@id"), FeatureSpec("country"),
@@ -243,20 +253,48 @@ def test_fit_and_reload_through_the_cli(tmp_path):
 
     from recsys.cli import main
     from recsys.recommender import embedding_tables
-    from recsys.runs import load_model
+    from recsys.runs import Run
 
     run = tmp_path / "ue"
     assert main(fit_args("unified_two_tower.yaml", run, "--trainer.fast_dev_run", "true")) == 0
-    model, data = load_model(run)
+    opened = Run.open(run)
+    data = opened.data()
+    model = opened.recommender(data)
     q, i = embedding_tables(model.encoder, model.scorer, data, up_to="all")
-    saved = torch.load(run / "model.pt", weights_only=True)["tables"]
-    torch.testing.assert_close(q, saved["queries"])
-    torch.testing.assert_close(i, saved["items"])
+    torch.testing.assert_close(q, opened.payload.queries)
+    torch.testing.assert_close(i, opened.payload.items)
 
 
 def test_checkerboard_features():
     data = checkerboard()
-    enc = FeatureTwoTower("unified", dim_per_table=4, out_dim=8, buckets_per_table=16)
+    enc = FeatureTwoTower(UnifiedTables(num_tables=2, buckets_per_table=16), dim_per_table=4, out_dim=8)
     enc.bind(data)
     assert list(enc.item.features) == ["item_id", "genres", "popularity"]
     assert list(enc.user.features) == ["user_id", "activity"]
+
+
+def test_layout_is_a_strategy_object_holding_only_its_own_arguments():
+    import inspect
+    from argparse import ArgumentError
+
+    from jsonargparse import ArgumentParser
+
+    from recsys.encoders import RecEncoder
+
+    assert list(inspect.signature(UnifiedTables).parameters) == ["num_tables", "buckets_per_table"]
+    assert list(inspect.signature(PerFeatureTables).parameters) == ["allocation"]
+    assert list(inspect.signature(SingleHashTable).parameters) == ["buckets"]
+    with pytest.raises(TypeError, match="layout must be an instance of TableLayout"):
+        FeatureTwoTower("per_feature")
+    with pytest.raises(ValueError, match="allocation must be one of 'water_filling', 'proportional'"):
+        PerFeatureTables(allocation="equal")
+    p = ArgumentParser(exit_on_error=False)
+    p.add_subclass_arguments(RecEncoder, "encoder")
+    spec = {"class_path": "recsys.encoders.FeatureTwoTower",
+            "init_args": {"layout": {"class_path": "recsys.encoders.SingleHashTable", "init_args": {"buckets": 9}}}}
+    enc = p.instantiate(p.parse_object({"encoder": spec})).encoder
+    assert isinstance(enc.user.layout, SingleHashTable) and enc.item.layout.buckets == 9
+    for bad in ({"layout": {"class_path": "recsys.encoders.SingleHashTable", "init_args": {"num_tables": 2}}},
+                {"layout": "unified"}, {"pooling": "max"}):
+        with pytest.raises(ArgumentError):
+            p.parse_object({"encoder": {"class_path": "recsys.encoders.FeatureTwoTower", "init_args": bad}})

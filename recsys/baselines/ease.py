@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.baselines.base import Baseline
+from recsys.recommender import LightningFit
 
 __all__ = ["EASE", "csr_from_buffers", "ease_weights", "gather_rows", "set_csr_buffers"]
 
@@ -35,6 +36,7 @@ def csr_from_buffers(module: nn.Module, prefix: str) -> sp.csr_matrix:
     Shapes:
         -> [len(indptr) - 1, n_items]
     """
+    # Not a probe: the buffers set_csr_buffers registered under these names, looked up by name.
     indptr = getattr(module, f"{prefix}_indptr").cpu().numpy()
     data = getattr(module, f"{prefix}_data").cpu().numpy()
     indices = getattr(module, f"{prefix}_indices").cpu().numpy()
@@ -141,7 +143,7 @@ class EASE(Baseline):
     def n_items(self) -> int:
         return self.weights.shape[1]
 
-    def fit(self, data) -> None:
+    def fit(self, data, trainer: LightningFit | None = None) -> None:
         """Solve for B on ``data.train`` and keep the training matrix for scoring."""
         self.weights = ease_weights(data.train, self.l2)
         set_csr_buffers(self, "train", data.train)

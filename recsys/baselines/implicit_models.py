@@ -17,6 +17,7 @@ from torch import Tensor
 
 from recsys.baselines.base import Baseline
 from recsys.baselines.ease import csr_from_buffers, gather_rows, set_csr_buffers
+from recsys.recommender import LightningFit
 
 __all__ = ["ALS", "BPR", "ItemKNN"]
 
@@ -36,7 +37,8 @@ def _implicit_env():
 
 
 def _as_tensor(a) -> Tensor:
-    if hasattr(a, "to_numpy"):  # implicit's GPU matrices, should a GPU-fitted model ever be passed in
+    # Not a capability probe: implicit's GPU matrices (should a GPU-fitted model ever be passed in) are not numpy.
+    if hasattr(a, "to_numpy"):
         a = a.to_numpy()
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
@@ -60,6 +62,10 @@ class _FactorModel(Baseline):
             -> queries [U, D], items [I, D]
         """
         return self.user_factors, self.item_factors
+
+    def serving_tables(self, data, up_to: str = "train") -> tuple[Tensor, Tensor]:
+        """:meth:`tables`: the factors do not depend on which interactions form the history (``up_to``)."""
+        return self.tables()
 
     @torch.no_grad()
     def score_users(self, users: Tensor, out: Tensor | None = None) -> Tensor:
@@ -101,7 +107,7 @@ class ALS(_FactorModel):
         self.seed = seed
         self.num_threads = num_threads
 
-    def fit(self, data) -> None:
+    def fit(self, data, trainer: LightningFit | None = None) -> None:
         """Factorise ``data.train`` with ``implicit``'s CPU ALS.
 
         Shapes:
@@ -146,7 +152,7 @@ class BPR(_FactorModel):
         self.seed = seed
         self.num_threads = num_threads
 
-    def fit(self, data) -> None:
+    def fit(self, data, trainer: LightningFit | None = None) -> None:
         """Train on ``data.train`` with ``implicit``'s CPU BPR.
 
         Shapes:
@@ -201,7 +207,7 @@ class ItemKNN(Baseline):
     def n_items(self) -> int:
         return len(self.similarity_indptr) - 1
 
-    def fit(self, data) -> None:
+    def fit(self, data, trainer: LightningFit | None = None) -> None:
         """Compute the pruned item-item similarity on ``data.train`` and keep the training matrix for scoring.
 
         Shapes:

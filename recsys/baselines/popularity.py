@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from recsys.baselines.base import Baseline
+from recsys.recommender import LightningFit
 
 __all__ = ["MostPopular"]
 
@@ -22,7 +23,7 @@ class MostPopular(Baseline):
         super().__init__()
         self.register_buffer("popularity", torch.empty(0))
 
-    def fit(self, data) -> None:
+    def fit(self, data, trainer: LightningFit | None = None) -> None:
         """Count each item's training interactions (stored entries of ``data.train``)."""
         counts = np.diff(data.train.tocsc().indptr)
         self.popularity = torch.from_numpy(counts.astype(np.float32))

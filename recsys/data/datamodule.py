@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
@@ -31,7 +31,7 @@ class Loader:
         examples: what a training example is (:mod:`recsys.data.examples`): ``Pairs`` (user, positive,
             negatives), ``Prefixes`` (every prefix of a user's chronological training sequence predicts its next
             item; ``per_user: true``: one random prefix per user per epoch, as Recformer's fine-tuning) or
-            ``Sequences`` (SASRec's all-positions training).
+            ``Sequences`` (SASRec's all-positions training); None means ``Pairs``.
     """
 
     batch_size: int = 2048
@@ -39,7 +39,12 @@ class Loader:
     negatives: Literal["uniform", "popularity"] = "uniform"
     eval_batch_size: int = 2048
     history_len: int = 0
-    examples: ExampleBuilder = field(default_factory=Pairs)
+    # None, not a Pairs() default: a default instance would not serialise into the run's config.yaml.
+    examples: ExampleBuilder | None = None
+
+    def example_builder(self) -> ExampleBuilder:
+        """``examples``, with None meaning ``Pairs``."""
+        return self.examples if self.examples is not None else Pairs()
 
 
 class TrainBatches(Dataset):
@@ -136,7 +141,7 @@ class RecDataModule(L.LightningDataModule):
         self.prepare()
 
     def train_dataloader(self) -> DataLoader:
-        self.train_set = self.loader.examples.dataset(self.prepare(), self.loader, self.seed, self.history_len)
+        self.train_set = self.loader.example_builder().dataset(self.prepare(), self.loader, self.seed, self.history_len)
         return DataLoader(self.train_set, batch_size=None, shuffle=False, collate_fn=_identity)
 
     def val_dataloader(self) -> DataLoader:

@@ -28,7 +28,7 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | No
     """Full-ranking metrics of a model on a split (``valid`` or ``test``).
 
     Args:
-        model: a ``RecModel`` (anything with ``encoder`` and ``scorer``) or a baseline with ``score_users``.
+        model: a fitted :class:`recsys.recommender.Recommender` (a trained ``RecModel``, a baseline, ...).
         data: ``PreparedData``.
         split: ``valid`` or ``test``.
         ks: cut-offs.
@@ -36,7 +36,11 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | No
         per_user_out: a Parquet path for per-user values (external user IDs), for significance tests.
         retrieval: a :class:`recsys.scoring.cascade.Retrieval`: score at a Matryoshka prefix (``dim``),
             coarse-to-fine, or Hamming shortlist + float re-rank; exact full-dimension scoring when None.
-        gallery: an old model whose items the queries are scored against (backward-compatible upgrades).
+        gallery: an old model's scorer-prepared item table (:meth:`recsys.runs.Run.item_table_for`) that the
+            queries are scored against (backward-compatible upgrades).
+
+    Shapes:
+        gallery: [n_items, D_gallery]
     """
     from recsys.recommender import score_function
 

@@ -31,58 +31,28 @@ def read_user_ids(path: str | Path) -> np.ndarray:
     return np.asarray(lines, dtype=object)
 
 
-def _score_fn_for_run(run_dir: Path, data_dir: Path, retrieval=None, gallery: Path | None = None, exclude=None,
-                      extra_items=None):
+def _score_fn_for_run(run, retrieval=None, gallery: Path | None = None, exclude=None, extra_items=None):
     """The cheapest score function for a run: its stored GEMM-ready tables, else the rebuilt model.
 
     ``retrieval`` (a :class:`recsys.scoring.cascade.Retrieval`) scores at a prefix, coarse-to-fine or by Hamming
     shortlist; ``gallery`` is another run whose stored item table the queries are scored against (their first
     ``D_gallery`` coordinates: a backward-compatible model's new queries against the old model's items);
     ``extra_items`` are scorer-prepared rows appended to the item table (items unseen in training).
+
+    Args:
+        run: the :class:`recsys.runs.Run` being scored.
     """
-    import json
+    from recsys.recommender import table_score_fn
+    from recsys.runs import Run
 
-    from recsys.runs import MODEL_FILE, load_checkpoint
-
-    ckpt = load_checkpoint(run_dir / MODEL_FILE)
-    if "tables" in ckpt:
-        from recsys.scoring.topk import gemm_score_fn
-
-        t = ckpt["tables"]
-        queries, items = t["queries"], t["items"]
-        if gallery is not None:
-            items = _gallery_items(run_dir, gallery)
-            queries = queries[:, :items.shape[1]].contiguous()
-        if extra_items is not None:
-            import torch
-
-            items = torch.cat([items, extra_items.to(items.dtype)])
-        if retrieval is None:
-            return gemm_score_fn(queries, items)
-        normalize = bool(json.loads(ckpt.get("scorer", "{}")).get("normalize", False))
-        return retrieval.score_fn(queries, items, exclude, normalize)
+    payload = run.payload
+    if payload.tables is not None:
+        gallery_items = None if gallery is None else Run.open(gallery).item_table_for(run.vocab("item"))
+        return table_score_fn(*payload.tables, normalize=bool(payload.scorer.get("normalize", False)),
+                              retrieval=retrieval, gallery=gallery_items, extra_items=extra_items, exclude=exclude)
     if retrieval is not None or gallery is not None or extra_items is not None:
         raise ValueError("prefix, cascade, gallery and new-item scoring need a run with stored embedding tables")
-    from recsys.recommender import score_function
-    from recsys.runs import load_model
-
-    model, data = load_model(run_dir)
-    return score_function(model, data, up_to="all")
-
-
-def _gallery_items(run_dir: Path, gallery: Path):
-    """The stored item table of another run over the same items (same item vocabulary, same order)."""
-    import pyarrow.parquet as pq
-
-    from recsys.runs import MODEL_FILE, load_checkpoint, require_run_dir
-
-    g = require_run_dir(gallery, MODEL_FILE, "data/item_vocab.parquet")
-    if not pq.read_table(g / "data/item_vocab.parquet").equals(pq.read_table(run_dir / "data/item_vocab.parquet")):
-        raise DataError("the gallery run's item vocabulary differs from this run's", file=str(g))
-    ckpt = load_checkpoint(g / MODEL_FILE)
-    if "tables" not in ckpt:
-        raise DataError("the gallery run has no stored item table", file=str(g / MODEL_FILE))
-    return ckpt["tables"]["items"]
+    return run.recommender().score_fn(run.data(), up_to="all")
 
 
 def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file: str | Path | None = None,
@@ -133,7 +103,7 @@ def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file:
     if explain or index != "exact":
         from recsys.scoring.explain import attach_explicit
 
-        attach_explicit(job, Path(run_dir), explain=explain, index=index, index_options=index_options)
+        attach_explicit(job, explain=explain, index=index, index_options=index_options)
     if shard_users is None and num_shards == 1:
         return job.write(Path(out), job.rows)
     if not 0 <= shard_index < num_shards:
@@ -174,36 +144,31 @@ class _ScoringJob:
     def __init__(self, run_dir, k, users_file, keep_seen, chunk_size, retrieval=None, gallery=None,
                  new_items=None) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         from recsys.data.vocab import Vocabulary
-        from recsys.io_utils import arrow_to_numpy
-        from recsys.runs import require_run_dir
+        from recsys.runs import Run
         from recsys.scoring.topk import RowSets
 
-        d = require_run_dir(run_dir, "model.pt", "data/split.parquet")
-        self.user_vocab = Vocabulary.load(d / "data/user_vocab.parquet", "user")
-        self.item_vocab = Vocabulary.load(d / "data/item_vocab.parquet", "item")
+        #: the run, read once: its payload, vocabularies and split are cached on it.
+        self.run = run = Run.open(run_dir)
+        self.user_vocab = run.vocab("user")
+        self.item_vocab = run.vocab("item")
         if users_file is not None:
             self.rows = self.user_vocab.encode(read_user_ids(users_file), source=str(users_file))
         else:
             self.rows = np.arange(len(self.user_vocab))
         self.exclude = None
         if not keep_seen:
-            split = pq.ParquetFile(d / "data/split.parquet").read(columns=["user", "item", "split"])
-            train = arrow_to_numpy(split.column("split")) == 0
-            users = arrow_to_numpy(split.column("user"))[train]
-            self.exclude = RowSets.from_pairs(users, arrow_to_numpy(split.column("item"))[train],
-                                              len(self.user_vocab))
+            self.exclude = RowSets.from_pairs(*run.train_pairs(), len(self.user_vocab))
         extra = None
         if new_items is not None:
             from recsys.scoring.new_items import new_item_tables
 
-            new_ids, extra = new_item_tables(d, new_items)
+            new_ids, extra = new_item_tables(run, new_items)
             # New rows go after the trained ones: trained item rows (and the exclusions) keep their numbers.
             self.item_vocab = Vocabulary(np.concatenate([self.item_vocab.ids, new_ids]), "item")
-        self.score_fn = _score_fn_for_run(d, d / "data", retrieval, None if gallery is None else Path(gallery),
-                                          self.exclude, extra)
+        self.score_fn = _score_fn_for_run(run, retrieval, None if gallery is None else Path(gallery), self.exclude,
+                                          extra)
         self.k, self.chunk_size = k, chunk_size
         self.schema = pa.schema([("user", _arrow_type(self.user_vocab)), ("item", _arrow_type(self.item_vocab)),
                                  ("rank", pa.int32()), ("score", pa.float32())])

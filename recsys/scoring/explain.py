@@ -100,28 +100,30 @@ class Explainer:
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, type=self.field().type)
 
 
-def attach_explicit(job, run_dir, explain: bool, index: str = "exact", index_options: dict | None = None) -> None:
-    """Give a scoring job an explanation column and/or an inverted-index top-k over the run's explicit tables.
+def attach_explicit(job, explain: bool, index: str = "exact", index_options: dict | None = None) -> None:
+    """Give a scoring job an explanation column and/or an inverted-index top-k over its run's explicit tables.
+
+    Args:
+        job: the scoring job (:class:`recsys.scoring.batch._ScoringJob`); its ``run`` payload holds the tables.
+        explain: add the ``explanation`` column.
+        index: ``exact`` or ``seismic`` (the top-k from a Seismic inverted index over the item table).
+        index_options: keyword arguments of :class:`recsys.retrieval.SeismicIndex`.
 
     Raises:
         DataError: the run has no stored tables or no concept names (not an explicit-concept model).
         ValueError: an unknown ``index``.
     """
-    import json
-
     from recsys.errors import DataError
-    from recsys.runs import MODEL_FILE, load_checkpoint
 
     if index not in ("exact", "seismic"):
         raise ValueError(f"index must be 'exact' or 'seismic', not {index!r}")
-    ckpt = load_checkpoint(run_dir / MODEL_FILE)
-    names = json.loads(ckpt["concepts"]) if "concepts" in ckpt else None
-    if "tables" not in ckpt or not names:
+    payload = job.run.payload
+    if payload.tables is None or not payload.concepts:
         raise DataError("--explain and --index seismic need a model with explicit concept dimensions (e.g. SESA); "
-                        "this run stores no concept names", file=str(run_dir / MODEL_FILE))
-    queries, items = ckpt["tables"]["queries"], ckpt["tables"]["items"]
+                        "this run stores no concept names", file=str(job.run.path / job.run.MODEL))
+    queries, items = payload.tables
     if explain:
-        job.explainer = Explainer(queries, items, names)
+        job.explainer = Explainer(queries, items, payload.concepts)
         job.schema = job.schema.append(Explainer.field())
     if index == "seismic":
         from recsys.retrieval import SeismicIndex

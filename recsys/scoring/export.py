@@ -23,28 +23,26 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recsys.data.vocab import Vocabulary
     from recsys.io_utils import atomic_path, atomic_write_text, numpy_to_arrow
-    from recsys.runs import MODEL_FILE, load_checkpoint, require_run_dir
+    from recsys.runs import Run
 
-    d = require_run_dir(run_dir, MODEL_FILE, "data/user_vocab.parquet")
-    ckpt = load_checkpoint(d / MODEL_FILE)
-    if "tables" not in ckpt:
-        raise RunDirError(f"the model in {str(d)!r} is not an embedding model (no user/item tables to export)")
+    run = Run.open(run_dir)
+    payload = run.payload
+    if payload.tables is None:
+        raise RunDirError(f"the model in {str(run.path)!r} is not an embedding model (no user/item tables to export)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = {}
-    for side, key in (("user", "queries"), ("item", "items")):
-        vocab = Vocabulary.load(d / "data" / f"{side}_vocab.parquet", side)
-        table = ckpt["tables"][key].float().numpy()
+    for side, tensor in (("user", payload.queries), ("item", payload.items)):
+        vocab = run.vocab(side)
+        table = tensor.float().numpy()
         flat = numpy_to_arrow(np.ascontiguousarray(table).reshape(-1))
         emb = pa.FixedSizeListArray.from_arrays(flat, table.shape[1])
         with atomic_path(out / f"{side}s.parquet") as tmp:
             pq.write_table(pa.table({"id": numpy_to_arrow(vocab.ids), "embedding": emb}), tmp)
         info[f"n_{side}s"] = len(vocab)
         info["dim"] = int(table.shape[1])
-    scorer = json.loads(ckpt.get("scorer", '{"metric": "inner_product"}'))
-    desc = {"metric": "inner_product", "prepared": True, "dim": info["dim"], "trained_scorer": scorer,
+    desc = {"metric": "inner_product", "prepared": True, "dim": info["dim"], "trained_scorer": payload.scorer,
             "note": "vectors are already transformed by the scorer; score = users.embedding · items.embedding"}
     atomic_write_text(out / "scorer.json", json.dumps(desc, indent=2) + "\n")
     return info

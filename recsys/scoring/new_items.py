@@ -32,34 +32,30 @@ def read_new_items(path: str | Path, trained_items, key: str = "item"):
     return read_side_table(table, key=key, multi_valued=listy, name=str(path)) if listy else table
 
 
-def new_item_tables(run_dir: Path, new_items: str | Path) -> tuple[np.ndarray, torch.Tensor]:
+def new_item_tables(run, new_items: str | Path) -> tuple[np.ndarray, torch.Tensor]:
     """External IDs and scorer-prepared embeddings of the items in ``new_items``.
+
+    Args:
+        run: the :class:`recsys.runs.Run` being scored (its model is rebuilt from the validated config).
+        new_items: the side table of the new items (CSV or Parquet).
 
     Shapes:
         -> ids [M], items [M, D]
     """
     import pandas as pd
 
-    from recsys.runs import load_model
-
-    model, data = load_model(run_dir)
-    encoder = getattr(model, "encoder", None)
-    embed = getattr(encoder, "embed_new_items", None)
-    if not callable(embed):
-        raise ValueError(f"{type(encoder).__name__} cannot embed items outside its catalogue: --new-items needs a "
-                         "text encoder (AlphaRec, LinearProbe)")
+    data = run.data()
+    model = run.recommender(data)
     trained = data.item_table if data.item_table is not None else pd.DataFrame({"item": []})
     table = read_new_items(new_items, trained)
     ids = _as_vocab_ids(table["item"].to_numpy(), data.item_vocab.ids.dtype, new_items)
     known = data.item_vocab.encode(ids, missing="ignore")
     if (known >= 0).any():
         row = int(np.flatnonzero(known >= 0)[0])
-        bad = ids[row].item() if hasattr(ids[row], "item") else ids[row]
+        bad = ids[row].item() if isinstance(ids[row], np.generic) else ids[row]
         raise DataError(f"item {bad!r} is already in the trained catalogue", file=str(new_items),
                         column="item", row=row)
-    with torch.no_grad():
-        items = model.scorer.prepare_items(embed(encoder.text.texts(table)))
-    return ids, items.float().cpu()
+    return ids, model.new_item_table(table).float().cpu()
 
 
 def _as_vocab_ids(ids: np.ndarray, dtype: np.dtype, source) -> np.ndarray:

@@ -142,8 +142,6 @@ def predict_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_fil
         precision: ``auto`` (bf16 on CUDA with bf16 support, float32 elsewhere), ``32`` or ``bf16``.
         trainer: keyword arguments of ``lightning.Trainer`` (strategy, devices, accelerator, num_nodes, ...).
     """
-    from recsys.runs import MODEL_FILE, load_checkpoint
-
     job = _ScoringJob(run_dir, k, users_file, keep_seen, chunk_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,9 +150,7 @@ def predict_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_fil
     for stale in out.glob(".part-*.tmp"):
         stale.unlink(missing_ok=True)
     layout = _ShardLayout(out, job.rows, shard_users or DEFAULT_SHARD_USERS)
-    ckpt = load_checkpoint(Path(run_dir) / MODEL_FILE)
-    tables = (ckpt["tables"]["queries"], ckpt["tables"]["items"]) if "tables" in ckpt else None
-    module = ScoringModule(job, layout, tables, precision)
+    module = ScoringModule(job, layout, job.run.payload.tables, precision)
     writer = ShardWriter(job, layout)
     targs = dict(trainer or {})
     targs["callbacks"] = [*list(targs.get("callbacks") or []), writer]

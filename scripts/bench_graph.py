@@ -47,14 +47,14 @@ RECBOLE_NAMES = {"lightgcn": "LightGCN", "ngcf": "NGCF", "ngcf_official": "NGCF"
 
 
 def make_encoder(name: str, node_dropout: float = 0.1):
-    from recsys.encoders import NGCF, LightGCN
+    from recsys.encoders import NGCF, LightGCN, OfficialNGCF, PaperNGCF
 
     if name == "lightgcn":
         return LightGCN(dim=64, n_layers=3)
     if name == "ngcf":
-        return NGCF(dim=64, n_layers=3, variant="paper", node_dropout=node_dropout)
+        return NGCF(dim=64, n_layers=3, variant=PaperNGCF(), node_dropout=node_dropout)
     if name == "ngcf_official":
-        return NGCF(dim=64, n_layers=3, variant="official", node_dropout=node_dropout)
+        return NGCF(dim=64, n_layers=3, variant=OfficialNGCF(), node_dropout=node_dropout)
     raise ValueError(f"unknown model {name!r}")
 
 

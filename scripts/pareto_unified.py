@@ -78,14 +78,16 @@ def run_one(run_dir: Path, dataset: str, layout: str, compression: float, a) -> 
     argv = ["fit", "--config", str(CONFIG), "--run-dir", str(run_dir), "--seed", str(a.seed),
             *dataset_args(dataset), enc + "compression", str(compression),
             enc + "dim_per_table", str(a.dim_per_table), enc + "num_chunks", str(a.num_chunks),
-            enc + "num_tables", str(a.num_tables), enc + "out_dim", str(a.out_dim),
+            enc + "out_dim", str(a.out_dim),
             "--data.loader.num_negatives", str(a.num_negatives), "--trainer.max_epochs", str(a.max_epochs),
             "--early_stopping.patience", str(a.patience), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--trainer.logger", "true"]
-    if layout == "per_feature_proportional":
-        argv += [enc + "layout", "per_feature", enc + "allocation", "proportional"]
-    else:
-        argv += [enc + "layout", layout]
+    argv += {"unified": [enc + "layout", "recsys.encoders.UnifiedTables", enc + "layout.num_tables",
+                         str(a.num_tables)],
+             "per_feature": [enc + "layout", "recsys.encoders.PerFeatureTables"],
+             "per_feature_proportional": [enc + "layout", "recsys.encoders.PerFeatureTables",
+                                          enc + "layout.allocation", "proportional"],
+             "single_hash": [enc + "layout", "recsys.encoders.SingleHashTable"]}[layout]
     if a.lr is not None:
         argv += ["--model.init_args.optimizer.init_args.lr", str(a.lr)]
     t = time.perf_counter()

@@ -138,7 +138,8 @@ def main() -> None:
     jobs = {
         "pretrain": ("recformer_pretrain.yaml", []),
         "stage1": ("recformer.yaml", [ENC + "init_from", str(out / "pretrain")]),
-        "stage2": ("recformer.yaml", [ENC + "init_from", str(out / "stage1"), ENC + "item_table", "frozen"]),
+        "stage2": ("recformer.yaml", [ENC + "init_from", str(out / "stage1"),
+                                      ENC + "item_table", "recsys.encoders.FrozenTable"]),
         "sasrec": ("sasrec.yaml", []),
     }
     if not a.skip_fit:

@@ -13,8 +13,16 @@ from conftest import fit_args
 
 from recsys.cli import main
 from recsys.data.batch import Batch
-from recsys.encoders import NGCF, LightGCN
-from recsys.encoders.graph import NGCFLayer, bipartite_adjacency, dropout_mask, l2_normalize, sparse_polynomial, spmm
+from recsys.encoders import NGCF, LightGCN, OfficialNGCF, PaperNGCF
+from recsys.encoders.graph import (
+    OfficialNGCFLayer,
+    PaperNGCFLayer,
+    bipartite_adjacency,
+    dropout_mask,
+    l2_normalize,
+    sparse_polynomial,
+    spmm,
+)
 from recsys.testing import EncoderConformance, checkerboard
 
 ADJACENCIES = [("sym", False), ("left", True)]  # NGCF paper / LightGCN, and the official NGCF code
@@ -134,7 +142,7 @@ def ngcf_reference(enc: NGCF, dense: torch.Tensor) -> torch.Tensor:
     for layer in enc.layers:
         w1, w2, b1, b2 = layer.w_sum.detach(), layer.w_bi.detach(), layer.b_sum.detach(), layer.b_bi.detach()
         side = dense @ ego
-        if enc.variant == "paper":  # Eq. 7: LeakyReLU((L + I) E W1 + (L E ⊙ E) W2 + b)
+        if isinstance(enc.variant, PaperNGCF):  # Eq. 7: LeakyReLU((L + I) E W1 + (L E ⊙ E) W2 + b)
             ego = F.leaky_relu((side + ego) @ w1 + b1 + (side * ego) @ w2 + b2, 0.2)
         else:  # official code: one activation per branch, L' = D^-1 (A + I)
             ego = F.leaky_relu(side @ w1 + b1, 0.2) + F.leaky_relu((ego * side) @ w2 + b2, 0.2)
@@ -144,14 +152,15 @@ def ngcf_reference(enc: NGCF, dense: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs, 1)
 
 
-@pytest.mark.parametrize("variant,feed_normalized", [("paper", False), ("official", False), ("paper", True)])
+@pytest.mark.parametrize("variant,feed_normalized",
+                         [(PaperNGCF(), False), (OfficialNGCF(), False), (PaperNGCF(), True)])
 def test_ngcf_propagation_matches_the_equations(variant, feed_normalized):
     torch.manual_seed(0)
     data = checkerboard(n_users=8, n_items=6, per_user=3)
     enc = NGCF(dim=4, n_layers=2, variant=variant, feed_normalized=feed_normalized)
     enc.bind(data)
     enc.eval()
-    norm, loops = ("sym", False) if variant == "paper" else ("left", True)
+    norm, loops = ("sym", False) if isinstance(variant, PaperNGCF) else ("left", True)
     dense = torch.tensor(dense_adjacency(data.train, norm, loops), dtype=torch.float32)
     with torch.no_grad():
         users, items = enc.propagate()
@@ -164,7 +173,7 @@ def test_ngcf_propagation_matches_the_equations(variant, feed_normalized):
 def test_ngcf_layer_matches_its_formula_with_gradients(variant, dropped):
     # The paper form has a hand-written backward: it must equal autograd through Eq. 7, values and gradients.
     torch.manual_seed(0)
-    layer = NGCFLayer(5, 3, variant).double()
+    layer = (PaperNGCFLayer if variant == "paper" else OfficialNGCFLayer)(5, 3).double()
     x, side = torch.randn(9, 5, dtype=torch.double), torch.randn(9, 5, dtype=torch.double)
     mask = dropout_mask((9, 3), 0.3, x) if dropped else None
 
@@ -197,22 +206,43 @@ def test_l2_normalize_matches_torch_with_gradients():
     assert torch.autograd.gradcheck(l2_normalize, (torch.randn(6, 4, dtype=torch.double, requires_grad=True),))
 
 
-def test_ngcf_layer_rejects_unknown_variant():
-    with pytest.raises(ValueError, match="variant"):
-        NGCFLayer(4, 4, variant="nope")
-    with pytest.raises(ValueError, match="variant"):
-        NGCF(variant="nope")
+def test_ngcf_variant_is_a_strategy_object():
+    # The strings of the untyped option are refused with the strategies to use instead.
+    with pytest.raises(TypeError, match=r"variant must be an instance of NGCFVariant \(PaperNGCF\(\), OfficialNGCF"):
+        NGCF(variant="official")
+    for variant, layer, norm in ((PaperNGCF(), PaperNGCFLayer, "sym"), (OfficialNGCF(), OfficialNGCFLayer, "left")):
+        enc = NGCF(dim=4, n_layers=2, variant=variant)
+        assert all(type(m) is layer for m in enc.layers) and enc.norm == norm
+
+
+def test_typed_options_are_refused_at_parse_time_and_construction():
+    from argparse import ArgumentError
+
+    from jsonargparse import ArgumentParser
+
+    from recsys.encoders import RecEncoder
+
+    p = ArgumentParser(exit_on_error=False)
+    p.add_subclass_arguments(RecEncoder, "encoder")
+    for init_args in ({"init": "xavir"}, {"variant": {"class_path": "recsys.encoders.LightGCN"}}):
+        with pytest.raises(ArgumentError, match="init|variant"):
+            p.parse_object({"encoder": {"class_path": "recsys.encoders.NGCF", "init_args": init_args}})
+    cfg = p.parse_object({"encoder": {"class_path": "recsys.encoders.NGCF",
+                                      "init_args": {"variant": {"class_path": "recsys.encoders.OfficialNGCF"}}}})
+    assert isinstance(p.instantiate(cfg).encoder.variant, OfficialNGCF)
+    with pytest.raises(ValueError, match="init must be one of 'normal', 'xavier', 'xavier_normal', not 'xavir'"):
+        LightGCN(init="xavir")
 
 
 def test_regularisers():
     data = checkerboard(n_users=8, n_items=6, per_user=3)
     batch = Batch(torch.tensor([0, 1, 1]), torch.tensor([[0, 1], [2, 3], [4, 5]]))
-    for enc in (LightGCN(dim=4), NGCF(dim=4, variant="paper")):  # ½‖E⁰‖² of the batch's ego embeddings
+    for enc in (LightGCN(dim=4), NGCF(dim=4, variant=PaperNGCF())):  # ½‖E⁰‖² of the batch's ego embeddings
         enc.bind(data)
         w = enc.embedding.weight
         expected = 0.5 * (w[batch.users].pow(2).sum() + w[batch.items + data.n_users].pow(2).sum())
         torch.testing.assert_close(enc.regularization(batch), expected)
-    enc = NGCF(dim=4, variant="official")  # ½‖·‖² of the propagated embeddings the step used
+    enc = NGCF(dim=4, variant=OfficialNGCF())  # ½‖·‖² of the propagated embeddings the step used
     enc.bind(data)
     enc.train()
     out = enc(batch)
@@ -243,12 +273,12 @@ class TestLightGCN(EncoderConformance):
 
 class TestNGCFPaper(EncoderConformance):
     def make_encoder(self):
-        return NGCF(dim=8, n_layers=2, variant="paper")
+        return NGCF(dim=8, n_layers=2, variant=PaperNGCF())
 
 
 class TestNGCFOfficial(EncoderConformance):
     def make_encoder(self):
-        return NGCF(dim=8, n_layers=2, variant="official")
+        return NGCF(dim=8, n_layers=2, variant=OfficialNGCF())
 
 
 @pytest.mark.parametrize("config", ["lightgcn.yaml", "ngcf.yaml", "ngcf_official.yaml"])

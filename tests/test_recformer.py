@@ -10,7 +10,7 @@ from conftest import REPO
 
 from recsys.cli import main
 from recsys.data.batch import Batch
-from recsys.encoders import Backbone, Recformer
+from recsys.encoders import Backbone, EpochTable, FrozenTable, Recformer, TrainableTable
 from recsys.testing.fixtures import checkerboard
 from recsys.text.recformer_tokens import (
     TYPE_BOS,
@@ -157,7 +157,7 @@ def test_bert_checkpoint_loads_into_longformer_exactly():
 
 
 def test_trainable_item_table_cache_matches_fresh_encoding_and_refreshes():
-    enc, data = _tiny(item_table="trainable")
+    enc, data = _tiny(item_table=TrainableTable())
     enc.eval()
     table = enc.item_table()
     assert enc.item_table() is table  # cached while the weights are unchanged
@@ -179,7 +179,7 @@ def test_trainable_item_table_cache_matches_fresh_encoding_and_refreshes():
 
 
 def test_epoch_table_is_refreshed_only_when_weights_change():
-    enc, data = _tiny(item_table="epoch")
+    enc, data = _tiny(item_table=EpochTable())
     enc.train()
     enc.on_train_epoch_start(0)
     first = enc.item_cache.clone()
@@ -233,7 +233,8 @@ def test_pretrain_then_two_finetuning_stages_through_fit(tmp_path):
     pre, s1, s2 = tmp_path / "pre", tmp_path / "s1", tmp_path / "s2"
     assert main(_stage("recformer_pretrain.yaml", pre)) == 0
     assert main(_stage("recformer.yaml", s1, enc + "init_from", str(pre))) == 0
-    assert main(_stage("recformer.yaml", s2, enc + "init_from", str(s1), enc + "item_table", "frozen")) == 0
+    assert main(_stage("recformer.yaml", s2, enc + "init_from", str(s1),
+                       enc + "item_table", "recsys.encoders.FrozenTable")) == 0
     for run in (pre, s1, s2):
         m = json.loads((run / "metrics.json").read_text())
         assert 0.0 <= m["ndcg@10"] <= 1.0 and "mrr@10" in m and "recall@10" in m
@@ -245,12 +246,16 @@ def test_pretrain_then_two_finetuning_stages_through_fit(tmp_path):
     from recsys.data.prepared import PreparedData
 
     loaded = Recformer(None, TINY_BACKBONE, TokenOptions(max_items=5, max_token_num=64, max_attr_length=8),
-                       item_table="epoch", init_from=str(pre))
+                       item_table=EpochTable(), init_from=str(pre))
     loaded.bind(PreparedData.load(pre / "data"))
     for k, v in loaded.state_dict().items():
         if not k.startswith("item_cache"):
             torch.testing.assert_close(v, w[pre]["state_dict"]["encoder." + k])
     assert not bool(loaded.item_cache_filled)
+    frozen = Recformer(None, TINY_BACKBONE, TokenOptions(max_items=5, max_token_num=64, max_attr_length=8),
+                       item_table=FrozenTable(), init_from=str(s1))
+    frozen.bind(PreparedData.load(s1 / "data"))
+    torch.testing.assert_close(frozen.item_table(), w[s1]["state_dict"]["encoder.item_cache"])
     out = tmp_path / "top.parquet"
     assert main(["score", "--run-dir", str(s2), "--k", "5", "--out", str(out)]) == 0
     assert main(["evaluate", "--run-dir", str(s2)]) == 0
@@ -268,5 +273,7 @@ def test_mean_pooling_ignores_padding():
         want = enc.backbone(inp)[0].mean(0)
     torch.testing.assert_close(both[1], alone[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone[0], want, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="pooling"):
+    with pytest.raises(ValueError, match="pooling must be one of 'cls', 'mean', not 'max'"):
         Recformer(None, TINY_BACKBONE, pooling="max")
+    with pytest.raises(TypeError, match=r"item_table must be an instance of ItemTableMode \(TrainableTable"):
+        Recformer(None, TINY_BACKBONE, item_table="epoch")

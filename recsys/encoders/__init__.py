@@ -6,25 +6,34 @@ from recsys.encoders.id import IDEmbedding, MatrixFactorization
 __all__ = ["Encoder", "RecEncoder", "TwoTower", "IDEmbedding", "MatrixFactorization"]
 from recsys.encoders.graph import GraphEncoder  # noqa: E402  (torch_geometric is imported lazily inside)
 from recsys.encoders.lightgcn import LightGCN  # noqa: E402
-from recsys.encoders.ngcf import NGCF  # noqa: E402
+from recsys.encoders.ngcf import NGCF, NGCFVariant, OfficialNGCF, PaperNGCF  # noqa: E402
 
-__all__ += ["GraphEncoder", "LightGCN", "NGCF"]
+__all__ += ["GraphEncoder", "LightGCN", "NGCF", "NGCFVariant", "OfficialNGCF", "PaperNGCF"]
 from recsys.encoders.language import AlphaRec, LinearProbe  # noqa: E402  (transformers is imported lazily inside)
 
 __all__ += ["AlphaRec", "LinearProbe"]
-from recsys.encoders.recformer import Backbone, Recformer  # noqa: E402  (transformers is imported lazily inside)
+from recsys.encoders.recformer import (  # noqa: E402  (transformers is imported lazily inside)
+    Backbone,
+    EpochTable,
+    FrozenTable,
+    ItemTableMode,
+    Recformer,
+    TrainableTable,
+)
 from recsys.encoders.sasrec import SASRec  # noqa: E402
 
-__all__ += ["Backbone", "Recformer", "SASRec"]
+__all__ += ["Backbone", "EpochTable", "FrozenTable", "ItemTableMode", "Recformer", "SASRec", "TrainableTable"]
 from recsys.encoders.unified import (  # noqa: E402
     FeatureEmbedding,
     FeatureTwoTower,
-    PerFeatureEmbedding,
-    SingleHashEmbedding,
-    UnifiedEmbedding,
+    PerFeatureTables,
+    SingleHashTable,
+    TableLayout,
+    UnifiedTables,
 )
 
-__all__ += ["FeatureEmbedding", "FeatureTwoTower", "PerFeatureEmbedding", "SingleHashEmbedding", "UnifiedEmbedding"]
+__all__ += ["FeatureEmbedding", "FeatureTwoTower", "PerFeatureTables", "SingleHashTable", "TableLayout",
+            "UnifiedTables"]
 from recsys.encoders.sesa import SESA  # noqa: E402  (transformers is imported lazily inside)
 
 __all__ += ["SESA"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,10 +28,11 @@ from torch import Tensor, nn
 
 from recsys.capabilities import ScoresAgainstTable, StepOutput
 from recsys.encoders.base import RecEncoder
+from recsys.encoders.choices import check_choice
 
 __all__ = ["Adjacency", "SpMM", "spmm", "sparse_mm", "SparsePolynomial", "sparse_polynomial", "bipartite_adjacency",
-           "LightGCNPropagation", "NGCFLayer", "GraphEncoder", "init_embedding_", "dropout_mask",
-           "l2_normalize"]
+           "LightGCNPropagation", "NGCFLayer", "PaperNGCFLayer", "OfficialNGCFLayer", "GraphEncoder",
+           "EmbeddingInit", "init_embedding_", "dropout_mask", "l2_normalize"]
 
 
 def dropout_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
@@ -283,32 +285,24 @@ class LightGCNPropagation(nn.Module):
 
 
 class NGCFLayer(nn.Module):
-    """One NGCF embedding-propagation layer, in the paper's form or in the official code's form.
+    """One NGCF embedding-propagation layer: the weights both forms share; subclasses give the form.
 
-    Wang et al., "Neural Graph Collaborative Filtering", SIGIR 2019, Eq. 7 (matrix form):
-
-    - ``variant="paper"``: ``LeakyReLU((L + I) E W1 + (L E ⊙ E) W2 + b)`` with ``L = D^-1/2 A D^-1/2``
-      (computed as ``[(LE + E), (LE ⊙ E)] @ [W1; W2]``, one GEMM).
-    - ``variant="official"``: the authors' TensorFlow code, ``LeakyReLU(L' E W_gc + b_gc) +
-      LeakyReLU((E ⊙ L' E) W_bi + b_bi)`` with ``L' = D^-1 (A + I)``: no explicit self-connection term (the
-      self-loop is inside ``L'``) and one activation per branch.
-
-    Message dropout (``mask``, from :func:`dropout_mask`) multiplies the layer's output, as in both codes.
+    Wang et al., "Neural Graph Collaborative Filtering", SIGIR 2019, Eq. 7. The sum branch has ``W_sum``, ``b_sum``
+    and the bi-interaction branch ``W_bi``, ``b_bi``, in both :class:`PaperNGCFLayer` and
+    :class:`OfficialNGCFLayer`. Message dropout (``mask``, from :func:`dropout_mask`) multiplies the layer's
+    output, as in both codes.
 
     Args:
         in_dim, out_dim: embedding sizes before and after.
-        variant: ``"paper"`` or ``"official"``.
         negative_slope: the LeakyReLU slope (0.2 in both codes).
 
     Shapes:
         x: [N, in_dim], side = L x: [N, in_dim], mask: [N, out_dim] or None -> [N, out_dim]
     """
 
-    def __init__(self, in_dim: int, out_dim: int, variant: str = "paper", negative_slope: float = 0.2) -> None:
+    def __init__(self, in_dim: int, out_dim: int, negative_slope: float = 0.2) -> None:
         super().__init__()
-        if variant not in ("paper", "official"):
-            raise ValueError(f"variant must be 'paper' or 'official', not {variant!r}")
-        self.variant, self.negative_slope = variant, negative_slope
+        self.negative_slope = negative_slope
         self.w_sum = nn.Parameter(torch.empty(in_dim, out_dim))
         self.w_bi = nn.Parameter(torch.empty(in_dim, out_dim))
         self.b_sum = nn.Parameter(torch.empty(1, out_dim))
@@ -316,21 +310,54 @@ class NGCFLayer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Glorot-uniform weights, as tf.contrib.layers.xavier_initializer in the official code, which also draws its
-        # [1, d] biases that way; the paper form starts biases at zero, as RecBole's NGCF does.
+        # Glorot-uniform weights, as tf.contrib.layers.xavier_initializer in the official code.
         nn.init.xavier_uniform_(self.w_sum)
         nn.init.xavier_uniform_(self.w_bi)
-        if self.variant == "official":
-            nn.init.xavier_uniform_(self.b_sum)
-            nn.init.xavier_uniform_(self.b_bi)
-        else:
-            nn.init.zeros_(self.b_sum)
-            nn.init.zeros_(self.b_bi)
+        self.reset_biases()
+
+    def reset_biases(self) -> None:
+        raise NotImplementedError
 
     def forward(self, x: Tensor, side: Tensor, mask: Tensor | None = None) -> Tensor:
-        if self.variant == "paper":
-            return _NGCFPaperLayer.apply(x, side, torch.cat([self.w_sum, self.w_bi]), self.b_sum + self.b_bi, mask,
-                                         self.negative_slope)
+        raise NotImplementedError
+
+
+class PaperNGCFLayer(NGCFLayer):
+    """The paper's NGCF layer: ``LeakyReLU((L + I) E W1 + (L E ⊙ E) W2 + b)`` with ``L = D^-1/2 A D^-1/2``.
+
+    Wang et al., SIGIR 2019, Eq. 7 (RecBole's form), computed as ``[(LE + E), (LE ⊙ E)] @ [W1; W2]``, one GEMM
+    (:class:`_NGCFPaperLayer`); ``b = b_sum + b_bi``.
+
+    Shapes:
+        x: [N, in_dim], side = L x: [N, in_dim], mask: [N, out_dim] or None -> [N, out_dim]
+    """
+
+    def reset_biases(self) -> None:
+        # RecBole's NGCF starts its biases at zero.
+        nn.init.zeros_(self.b_sum)
+        nn.init.zeros_(self.b_bi)
+
+    def forward(self, x: Tensor, side: Tensor, mask: Tensor | None = None) -> Tensor:
+        return _NGCFPaperLayer.apply(x, side, torch.cat([self.w_sum, self.w_bi]), self.b_sum + self.b_bi, mask,
+                                     self.negative_slope)
+
+
+class OfficialNGCFLayer(NGCFLayer):
+    """The authors' TensorFlow NGCF layer: ``LeakyReLU(L' E W_gc + b_gc) + LeakyReLU((E ⊙ L' E) W_bi + b_bi)``.
+
+    ``xiangwang1223/neural_graph_collaborative_filtering`` (``alg_type=ngcf``), with ``L' = D^-1 (A + I)``: no
+    explicit self-connection term (the self-loop is inside ``L'``) and one activation per branch.
+
+    Shapes:
+        x: [N, in_dim], side = L' x: [N, in_dim], mask: [N, out_dim] or None -> [N, out_dim]
+    """
+
+    def reset_biases(self) -> None:
+        # The official code draws its [1, d] biases with the weights' Glorot initialiser.
+        nn.init.xavier_uniform_(self.b_sum)
+        nn.init.xavier_uniform_(self.b_bi)
+
+    def forward(self, x: Tensor, side: Tensor, mask: Tensor | None = None) -> Tensor:
         s = F.leaky_relu(torch.addmm(self.b_sum, side, self.w_sum), self.negative_slope)
         b = F.leaky_relu(torch.addmm(self.b_bi, x * side, self.w_bi), self.negative_slope)
         return s + b if mask is None else (s + b) * mask
@@ -407,7 +434,11 @@ def l2_normalize(x: Tensor) -> Tensor:
     return _L2Normalize.apply(x)
 
 
-def init_embedding_(weight: Tensor, n_users: int, init: str, std: float = 0.1) -> None:
+#: how an ego table starts (see :func:`init_embedding_`).
+EmbeddingInit = Literal["normal", "xavier", "xavier_normal"]
+
+
+def init_embedding_(weight: Tensor, n_users: int, init: EmbeddingInit, std: float = 0.1) -> None:
     """Initialise a users-then-items table in place, each side as its own table would be.
 
     Args:
@@ -417,6 +448,7 @@ def init_embedding_(weight: Tensor, n_users: int, init: str, std: float = 0.1) -
             official TensorFlow NGCF and LightGCN codes) or ``"xavier_normal"`` (RecBole).
         std: the standard deviation for ``"normal"``.
     """
+    check_choice("init", init, EmbeddingInit)
     with torch.no_grad():
         for part in (weight[:n_users], weight[n_users:]):
             if len(part) == 0:
@@ -425,10 +457,8 @@ def init_embedding_(weight: Tensor, n_users: int, init: str, std: float = 0.1) -
                 part.normal_(0.0, std)
             elif init == "xavier":
                 nn.init.xavier_uniform_(part)
-            elif init == "xavier_normal":
-                nn.init.xavier_normal_(part)
             else:
-                raise ValueError(f"init must be 'normal', 'xavier' or 'xavier_normal', not {init!r}")
+                nn.init.xavier_normal_(part)
 
 
 class GraphEncoder(ScoresAgainstTable, RecEncoder):
@@ -451,8 +481,9 @@ class GraphEncoder(ScoresAgainstTable, RecEncoder):
     norm = "sym"
     self_loops = False
 
-    def __init__(self, dim: int = 64, init: str = "normal", init_std: float = 0.1) -> None:
+    def __init__(self, dim: int = 64, init: EmbeddingInit = "normal", init_std: float = 0.1) -> None:
         super().__init__()
+        check_choice("init", init, EmbeddingInit)
         self.dim, self.init, self.init_std = dim, init, init_std
         self.out_dim = dim
         self.n_users = self._n_items = 0

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
 from recsys.encoders.base import Encoder, TwoTower
+from recsys.encoders.choices import check_choice
+
+#: how an ID table starts (see :class:`IDEmbedding`).
+IDInit = Literal["normal", "xavier"]
 
 
 class IDEmbedding(Encoder):
@@ -19,10 +25,9 @@ class IDEmbedding(Encoder):
         rows: [...] -> [..., dim]
     """
 
-    def __init__(self, dim: int = 64, init: str = "normal", init_std: float = 0.1) -> None:
+    def __init__(self, dim: int = 64, init: IDInit = "normal", init_std: float = 0.1) -> None:
         super().__init__()
-        if init not in ("normal", "xavier"):
-            raise ValueError(f"init must be 'normal' or 'xavier', not {init!r}")
+        check_choice("init", init, IDInit)
         self.out_dim, self.init, self.init_std = dim, init, init_std
         self.table: nn.Embedding | None = None
 
@@ -50,5 +55,5 @@ class MatrixFactorization(TwoTower):
         init_std: see :class:`IDEmbedding`.
     """
 
-    def __init__(self, dim: int = 64, init: str = "normal", init_std: float = 0.1) -> None:
+    def __init__(self, dim: int = 64, init: IDInit = "normal", init_std: float = 0.1) -> None:
         super().__init__(IDEmbedding(dim, init, init_std), IDEmbedding(dim, init, init_std))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,11 +28,18 @@ from torch import Tensor, nn
 
 from recsys.capabilities import EmbedsNewItems, ScoresAgainstTable, StepOutput
 from recsys.encoders.base import RecEncoder
+from recsys.encoders.choices import check_choice
 from recsys.encoders.graph import Adjacency, LightGCNPropagation, bipartite_adjacency
+from recsys.text.lm import Pooling, Reduction
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TextFeatures", "history_mean", "make_mapping", "AlphaRec", "LinearProbe"]
+
+#: AlphaRec's trained mapping from LM space to CF space (see :func:`make_mapping`).
+MappingKind = Literal["linear", "mlp"]
+#: how :class:`LinearProbe` embeds users.
+ProbeUser = Literal["history", "id"]
 
 
 class TextFeatures:
@@ -51,10 +59,12 @@ class TextFeatures:
         reduce: ``"pca"`` (fitted on the catalogue) or ``"truncate"``.
     """
 
-    def __init__(self, lm_path: str | None = None, pooling: str = "mean", normalize: bool = True,
+    def __init__(self, lm_path: str | None = None, pooling: Pooling = "mean", normalize: bool = True,
                  max_length: int = 128, attributes: Sequence[str] | None = None,
                  max_words_per_attribute: int | None = 32, max_words: int | None = 128, cache_dir: str | None = None,
-                 lm_batch_size: int = 64, lm_dim: int | None = None, reduce: str = "pca") -> None:
+                 lm_batch_size: int = 64, lm_dim: int | None = None, reduce: Reduction = "pca") -> None:
+        check_choice("pooling", pooling, Pooling)
+        check_choice("reduce", reduce, Reduction)
         self.lm_path, self.pooling, self.normalize, self.max_length = lm_path, pooling, normalize, max_length
         self.attributes = list(attributes) if attributes is not None else None
         self.max_words_per_attribute, self.max_words = max_words_per_attribute, max_words
@@ -125,16 +135,15 @@ def history_mean(train: sp.spmatrix, item_vectors: Tensor) -> Tensor:
     return torch.from_numpy(np.asarray(r @ item_vectors.numpy(), dtype=np.float32))
 
 
-def make_mapping(in_dim: int, out_dim: int, mapping: str, hidden_dim: int | None) -> nn.Module:
+def make_mapping(in_dim: int, out_dim: int, mapping: MappingKind, hidden_dim: int | None) -> nn.Module:
     """AlphaRec's mapping: ``linear`` (bias-free, the paper's "homo" linear probe) or ``mlp`` (Linear → LeakyReLU →
     Linear, biases on, as the official code).
     """
+    check_choice("mapping", mapping, MappingKind)
     if mapping == "linear":
         return nn.Linear(in_dim, out_dim, bias=False)
-    if mapping == "mlp":
-        hidden = hidden_dim or 4 * in_dim
-        return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
-    raise ValueError(f"mapping must be 'linear' or 'mlp', not {mapping!r}")
+    hidden = hidden_dim or 4 * in_dim
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
 
 
 class AlphaRec(ScoresAgainstTable, EmbedsNewItems, RecEncoder):
@@ -170,15 +179,14 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, RecEncoder):
         batch.users: [B]; batch.items: [B, C] -> (query [B, dim], items [B, C, dim])
     """
 
-    def __init__(self, dim: int = 64, mapping: str = "mlp", hidden_dim: int | None = None, n_layers: int = 2,
-                 lm_path: str | None = None, pooling: str = "mean", normalize: bool = True, max_length: int = 128,
-                 attributes: list[str] | None = None, max_words_per_attribute: int | None = 32,
-                 max_words: int | None = 128, cache_dir: str | None = None, lm_batch_size: int = 64,
-                 lm_dim: int | None = None, reduce: str = "pca", cold_neighbors: int = 0,
-                 normalize_output: bool = False) -> None:
+    def __init__(self, dim: int = 64, mapping: MappingKind = "mlp", hidden_dim: int | None = None,
+                 n_layers: int = 2, lm_path: str | None = None, pooling: Pooling = "mean", normalize: bool = True,
+                 max_length: int = 128, attributes: list[str] | None = None,
+                 max_words_per_attribute: int | None = 32, max_words: int | None = 128, cache_dir: str | None = None,
+                 lm_batch_size: int = 64, lm_dim: int | None = None, reduce: Reduction = "pca",
+                 cold_neighbors: int = 0, normalize_output: bool = False) -> None:
         super().__init__()
-        if mapping not in ("linear", "mlp"):
-            raise ValueError(f"mapping must be 'linear' or 'mlp', not {mapping!r}")
+        check_choice("mapping", mapping, MappingKind)
         self.out_dim, self.mapping_kind, self.hidden_dim = dim, mapping, hidden_dim
         self.cold_neighbors, self.normalize_output = cold_neighbors, normalize_output
         self.text = TextFeatures(lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute,
@@ -311,14 +319,13 @@ class LinearProbe(EmbedsNewItems, RecEncoder):
         batch.users: [B]; batch.items: [B, C] -> (query [B, dim], items [B, C, dim])
     """
 
-    def __init__(self, dim: int = 64, user: str = "history", init_std: float = 0.1, lm_path: str | None = None,
-                 pooling: str = "mean", normalize: bool = True, max_length: int = 128,
+    def __init__(self, dim: int = 64, user: ProbeUser = "history", init_std: float = 0.1,
+                 lm_path: str | None = None, pooling: Pooling = "mean", normalize: bool = True, max_length: int = 128,
                  attributes: list[str] | None = None, max_words_per_attribute: int | None = 32,
                  max_words: int | None = 128, cache_dir: str | None = None, lm_batch_size: int = 64,
-                 lm_dim: int | None = None, reduce: str = "pca", normalize_output: bool = False) -> None:
+                 lm_dim: int | None = None, reduce: Reduction = "pca", normalize_output: bool = False) -> None:
         super().__init__()
-        if user not in ("history", "id"):
-            raise ValueError(f"user must be 'history' or 'id', not {user!r}")
+        check_choice("user", user, ProbeUser)
         self.out_dim, self.user, self.init_std, self.normalize_output = dim, user, init_std, normalize_output
         self.text = TextFeatures(lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute,
                                  max_words, cache_dir, lm_batch_size, lm_dim, reduce)

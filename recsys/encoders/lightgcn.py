@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from recsys.encoders.graph import GraphEncoder, LightGCNPropagation
+from recsys.encoders.graph import EmbeddingInit, GraphEncoder, LightGCNPropagation
 
 
 class LightGCN(GraphEncoder):
@@ -27,8 +27,8 @@ class LightGCN(GraphEncoder):
         batch.users: [B]; batch.items: [B, C] -> (query [B, dim], items [B, C, dim])
     """
 
-    def __init__(self, dim: int = 64, n_layers: int = 3, alpha: list[float] | None = None, init: str = "normal",
-                 init_std: float = 0.1) -> None:
+    def __init__(self, dim: int = 64, n_layers: int = 3, alpha: list[float] | None = None,
+                 init: EmbeddingInit = "normal", init_std: float = 0.1) -> None:
         super().__init__(dim, init, init_std)
         self.propagation = LightGCNPropagation(n_layers, alpha)
 

@@ -14,6 +14,7 @@ factorized case with one dimension per sub-codebook.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,11 @@ from torch import Tensor, nn
 from recsys.capabilities import EpochAware, StepOutput
 from recsys.data.batch import Batch
 from recsys.encoders.base import RecEncoder
+from recsys.encoders.choices import check_choice
 from recsys.encoders.wrapper import EncoderWrapper
+
+#: which sides are quantized (see :class:`LatentQuantization`).
+Sides = Literal["item", "both"]
 
 
 class LatentQuantization(EpochAware, EncoderWrapper):
@@ -41,13 +46,12 @@ class LatentQuantization(EpochAware, EncoderWrapper):
         batch.users: [B]; batch.items: [B, C] -> (query [B, D], items [B, C, D])
     """
 
-    def __init__(self, encoder: RecEncoder, levels: int = 16, sides: str = "item", weight: float = 1.0,
+    def __init__(self, encoder: RecEncoder, levels: int = 16, sides: Sides = "item", weight: float = 1.0,
                  commitment: float = 0.25, calibrate_epochs: int = 3) -> None:
         super().__init__(encoder)
         if not 2 <= levels <= 256:
             raise ValueError(f"levels must be in [2, 256], got {levels}")
-        if sides not in ("item", "both"):
-            raise ValueError(f"sides must be 'item' or 'both', not {sides!r}")
+        check_choice("sides", sides, Sides)
         self.levels, self.sides, self.weight, self.commitment = levels, sides, weight, commitment
         self.calibrate_epochs = calibrate_epochs
         self.codebook = nn.Parameter(torch.linspace(-1.0, 1.0, levels).repeat(encoder.out_dim, 1))

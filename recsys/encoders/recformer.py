@@ -15,16 +15,16 @@ copied into Longformer's ``query_global``/``key_global``/``value_global`` (the L
 
 Training stages, all through the generic ``RecModel`` with ``CosineScorer(temperature=0.05)`` + ``SoftmaxLoss``:
 
-* pre-training (``item_table="trainable"``, ``RecModel(negatives=InBatchNegatives())``): item-item contrastive between a
-  prefix and its next item, with in-batch negatives and gradients through both sides, plus ``mlm_weight`` × masked
-  language modelling of both (returned by :meth:`Recformer.auxiliary_loss`, which ``RecModel`` adds);
-* fine-tuning stage 1 (``item_table="epoch"``, ``negatives=FullCatalogue()``): the item table is re-encoded, without
+* pre-training (``item_table`` :class:`TrainableTable`, ``RecModel(negatives=InBatchNegatives())``): item-item
+  contrastive between a prefix and its next item, with in-batch negatives and gradients through both sides, plus
+  ``mlm_weight`` × masked language modelling of both (the step's ``mlm`` loss term, which ``RecModel`` adds);
+* fine-tuning stage 1 (:class:`EpochTable`, ``negatives=FullCatalogue()``): the item table is re-encoded, without
   gradients, at the start of every epoch, and the sequence side is trained by softmax over the whole catalogue;
-* stage 2 (``item_table="frozen"``, ``init_from`` = the stage-1 run): the best stage-1 model keeps its item table
+* stage 2 (:class:`FrozenTable`, ``init_from`` = the stage-1 run): the best stage-1 model keeps its item table
   (saved in its state) fixed.
 
 The encoded table is a persistent buffer (``item_cache``), so checkpoints restore the model with the very table it
-was trained and validated against; ``"trainable"`` tables are cached while the weights stay unchanged.
+was trained and validated against; :class:`TrainableTable` tables are cached while the weights stay unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 from recsys.capabilities import EpochAware
 from recsys.data.batch import Batch
 from recsys.encoders.base import RecEncoder
+from recsys.encoders.choices import check_choice, check_strategy
 from recsys.text.recformer_tokens import (
     TYPE_KEY,
     TYPE_VALUE,
@@ -52,10 +54,65 @@ from recsys.text.recformer_tokens import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backbone", "Recformer", "RecformerBackbone", "bert_to_longformer"]
+__all__ = ["Backbone", "EpochTable", "FrozenTable", "ItemTableMode", "Recformer", "RecformerBackbone", "TrainableTable",
+           "bert_to_longformer"]
 
 _ROBERTA_FAMILY = ("roberta", "longformer", "xlm-roberta", "camembert", "recformer")
-_TABLE_MODES = ("trainable", "epoch", "frozen")
+
+#: how Recformer pools a text's hidden states: the ``<s>`` state (the paper's) or the masked mean (the official code's).
+RecformerPooling = Literal["cls", "mean"]
+
+
+class ItemTableMode:
+    """How Recformer's item table follows its weights: the training stage of the paper's recipe.
+
+    Li et al., "Text Is All You Need: Learning Language Representations for Sequential Recommendation", KDD 2023:
+    pre-training encodes items with gradients (:class:`TrainableTable`), fine-tuning stage 1 re-encodes the table
+    once per epoch (:class:`EpochTable`), stage 2 keeps stage 1's table (:class:`FrozenTable`). A mode holds no
+    state (the tables live in the encoder), so one instance may serve many encoders.
+    """
+
+    #: training steps encode the batch's items from their text, with gradients.
+    encodes_with_gradients: ClassVar[bool] = False
+    #: ``init_from`` brings the stored item table along.
+    keeps_loaded_table: ClassVar[bool] = False
+
+    def table(self, encoder: Recformer) -> Tensor:
+        """The item table scored against outside training steps.
+
+        Shapes:
+            -> [n_items, H]
+        """
+        return encoder.stored_table()
+
+    def on_train_epoch_start(self, encoder: Recformer) -> None:
+        """Refresh what the epoch trains against (nothing here)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class TrainableTable(ItemTableMode):
+    """Pre-training: items are encoded from their text with gradients; evaluation tables are cached per weights."""
+
+    encodes_with_gradients = True
+
+    def table(self, encoder: Recformer) -> Tensor:
+        return encoder.text_table()
+
+
+class EpochTable(ItemTableMode):
+    """Fine-tuning stage 1: the stored table is re-encoded without gradients at each epoch start (when the weights
+    changed)."""
+
+    def on_train_epoch_start(self, encoder: Recformer) -> None:
+        encoder.refresh_stale_item_cache()
+
+
+class FrozenTable(ItemTableMode):
+    """Fine-tuning stage 2: the table loaded with ``init_from`` (or encoded once) stays fixed."""
+
+    keeps_loaded_table = True
 
 
 @dataclass
@@ -237,14 +294,15 @@ class Recformer(EpochAware, RecEncoder):
         backbone: sizes (:class:`Backbone`); with a checkpoint, None fields follow it.
         tokens: tokenisation (:class:`~recsys.text.recformer_tokens.TokenOptions`); ``max_items`` is also the
             history length the framework puts into query batches.
-        item_table: ``trainable`` (pre-training: items encoded with gradients), ``epoch`` (fine-tuning stage 1: the
-            table is re-encoded without gradients at each epoch start) or ``frozen`` (stage 2: the table loaded with
-            ``init_from``, or encoded once, stays fixed).
+        item_table: the training stage's item table (:class:`ItemTableMode`; YAML: ``class_path``):
+            :class:`TrainableTable` (pre-training: items encoded with gradients), :class:`EpochTable` (fine-tuning
+            stage 1: the table is re-encoded without gradients at each epoch start) or :class:`FrozenTable` (stage
+            2: the table loaded with ``init_from``, or encoded once, stays fixed).
         mlm_probability: share of key/value tokens masked for MLM (80 % ``[MASK]``, 10 % random, 10 % kept).
         mlm_weight: weight of the MLM term added during training (0 = none; 0.1 in the paper's pre-training).
         init_from: a recsys run directory, its ``model.pt`` or a Lightning checkpoint to load after binding (the
-            pre-trained model for stage 1, the stage-1 run for stage 2); the item table is taken from it in
-            ``frozen`` mode only.
+            pre-trained model for stage 1, the stage-1 run for stage 2); the item table is taken from it with
+            :class:`FrozenTable` only.
         tokenizer: tokenizer directory or package (None = ``model``'s, else all-MiniLM-L6-v2's).
         encode_batch_size: items or queries per no-grad forward pass.
         cache_dir: where tokenised catalogues are also cached on disk (None = in memory only).
@@ -261,15 +319,14 @@ class Recformer(EpochAware, RecEncoder):
     """
 
     def __init__(self, model: str | None = None, backbone: Backbone | None = None, tokens: TokenOptions | None = None,
-                 item_table: str = "trainable", mlm_probability: float = 0.15, mlm_weight: float = 0.0,
-                 init_from: str | None = None, tokenizer: str | None = None, encode_batch_size: int = 128,
-                 cache_dir: str | None = None, freeze_word_embeddings: bool = False, pooling: str = "cls") -> None:
+                 item_table: ItemTableMode = TrainableTable(), mlm_probability: float = 0.15,
+                 mlm_weight: float = 0.0, init_from: str | None = None, tokenizer: str | None = None,
+                 encode_batch_size: int = 128, cache_dir: str | None = None, freeze_word_embeddings: bool = False,
+                 pooling: RecformerPooling = "cls") -> None:
         super().__init__()
-        if pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', not {pooling!r}")
+        check_choice("pooling", pooling, RecformerPooling)
         self.pooling = pooling
-        if item_table not in _TABLE_MODES:
-            raise ValueError(f"item_table must be one of {_TABLE_MODES}, not {item_table!r}")
+        check_strategy("item_table", item_table, ItemTableMode)
         self.model_path, self.init_from, self.cache_dir = model, init_from, cache_dir
         # Run directories rebuild encoders from plain YAML (recsys.runs.instantiate): dataclasses arrive as dicts.
         backbone = Backbone(**backbone) if isinstance(backbone, dict) else backbone
@@ -383,7 +440,7 @@ class Recformer(EpochAware, RecEncoder):
     def load_init(self, path: str | Path) -> None:
         """Load the encoder weights of a recsys run (directory or ``model.pt``) or a Lightning checkpoint.
 
-        The item table comes along only in ``frozen`` mode (fine-tuning stage 2 keeps stage 1's table).
+        The item table comes along only with :class:`FrozenTable` (fine-tuning stage 2 keeps stage 1's table).
         """
         p = Path(path)
         if p.is_dir():
@@ -393,7 +450,7 @@ class Recformer(EpochAware, RecEncoder):
         state = torch.load(p, map_location="cpu", weights_only=True)["state_dict"]
         if any(k.startswith("encoder.") for k in state):
             state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-        if self.table_mode != "frozen":
+        if not self.table_mode.keeps_loaded_table:
             state = {k: v for k, v in state.items() if not k.startswith("item_cache")}
         own = self.state_dict()
         if "item_cache" in state and state["item_cache"].shape != own["item_cache"].shape:
@@ -455,7 +512,7 @@ class Recformer(EpochAware, RecEncoder):
         return self._pooled(self.item_inputs(uniq))[inv].reshape(*items.shape, self.out_dim)
 
     def encode_items(self, items: Tensor) -> Tensor:
-        if self.table_mode == "trainable" and self.training:
+        if self.table_mode.encodes_with_gradients and self.training:
             return self.encode_item_text(items)
         return self.item_table()[items]
 
@@ -483,17 +540,31 @@ class Recformer(EpochAware, RecEncoder):
         return out
 
     def item_table(self, chunk_size: int = 65536) -> Tensor:
-        """The item table: cached per weights (``trainable``) or the stored buffer (``epoch``, ``frozen``).
+        """The item table, as the item-table mode keeps it (see :class:`ItemTableMode`).
 
         Shapes:
             -> [n_items, H]
         """
-        if self.table_mode == "trainable":
-            key = self._weights_key()
-            dev = self.item_cache.device
-            if self._eval_table is None or self._eval_table[0] != key or self._eval_table[1].device != dev:
-                self._eval_table = (key, self.encode_all_items())
-            return self._eval_table[1]
+        return self.table_mode.table(self)
+
+    def text_table(self) -> Tensor:
+        """Every item encoded with the current weights, cached until they change (:class:`TrainableTable`).
+
+        Shapes:
+            -> [n_items, H]
+        """
+        key = self._weights_key()
+        dev = self.item_cache.device
+        if self._eval_table is None or self._eval_table[0] != key or self._eval_table[1].device != dev:
+            self._eval_table = (key, self.encode_all_items())
+        return self._eval_table[1]
+
+    def stored_table(self) -> Tensor:
+        """The stored item table (``item_cache``), encoded first if it is still empty.
+
+        Shapes:
+            -> [n_items, H]
+        """
         if not bool(self.item_cache_filled):
             self.refresh_item_cache()
         return self.item_cache
@@ -505,10 +576,14 @@ class Recformer(EpochAware, RecEncoder):
         self.item_cache_filled.fill_(True)
         self._epoch_key = self._weights_key()
 
-    def on_train_epoch_start(self, epoch: int) -> None:
-        """Stage 1 re-encodes the item table at each epoch start (skipped when the weights have not changed)."""
-        if self.table_mode == "epoch" and not (bool(self.item_cache_filled) and self._epoch_key == self._weights_key()):
+    def refresh_stale_item_cache(self) -> None:
+        """Re-encode the stored item table unless it was encoded with the current weights."""
+        if not (bool(self.item_cache_filled) and self._epoch_key == self._weights_key()):
             self.refresh_item_cache()
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Stage 1 (:class:`EpochTable`) re-encodes the item table at each epoch start when the weights changed."""
+        self.table_mode.on_train_epoch_start(self)
 
     # ------------------------------------------------------------------------------------------ MLM
     def batch_losses(self, batch: Batch) -> dict[str, Tensor]:

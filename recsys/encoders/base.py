@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -100,6 +102,18 @@ class RecEncoder(nn.Module):
     def bytes_per_item(self) -> float:
         """Bytes to store one item's served representation (float32 unless a wrapper compresses it)."""
         return 4.0 * self.out_dim
+
+    def serving_extras(self, tables_of: Callable[[RecEncoder], tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+        """Tables an item index needs beyond the served ones (``recsys.scoring.index.ServingTables``); none here.
+
+        Called by ``recsys fit`` when it stores the model, so that ``--index lowrank`` / ``--index quantized`` can
+        serve from the run directory alone. Only the outermost encoder answers: an index serves what it stores.
+
+        Args:
+            tables_of: ``tables_of(encoder) -> (queries [U, D], items [N, D])``, any encoder's raw tables (before
+                the scorer) on the run's data, computed by the serving layer.
+        """
+        return {}
 
     def item_table(self, chunk_size: int = 65536) -> Tensor:
         """Every item's embedding.

@@ -60,6 +60,12 @@ class LowRank(EncoderWrapper):
     def served_dim(self) -> int:
         return self.basis.shape[1]
 
+    def serving_extras(self, tables_of) -> dict[str, Tensor]:
+        """The factor tables ``A`` (before the basis) and the basis ``B``: ``--index lowrank:rank=k`` serves
+        ``A[:, :k] · B[:k]`` without retraining."""
+        queries, items = tables_of(self.encoder)
+        return {"query_factors": queries, "item_factors": items, "basis": self.basis.detach()}
+
     def step_state(self) -> int | None:
         """Ordered dropout: the rank of this training step (None: full rank), one draw per step."""
         # The same rank for queries and candidates, so the step trains one truncated model.

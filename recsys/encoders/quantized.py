@@ -120,6 +120,12 @@ class LatentQuantization(EpochAware, EncoderWrapper):
             terms.append(F.mse_loss(q, x.detach()) + self.commitment * F.mse_loss(x, q.detach()))
         return {"quantization": self.weight * sum(terms)}
 
+    @torch.no_grad()
+    def serving_extras(self, tables_of) -> dict[str, Tensor]:
+        """The items' codes into the sorted codebook, for ``--index quantized`` (``D·⌈log2 L⌉`` bits per item)."""
+        _, items = tables_of(self.encoder)
+        return {"codes": self.codes(items).to(torch.uint8), "codebook": self._sorted_codebook().detach()}
+
     def bits_per_dim(self) -> int:
         return max(1, math.ceil(math.log2(self.levels)))
 

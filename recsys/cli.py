@@ -162,14 +162,49 @@ def _fit_lightning(init, cfg, model, dm, run) -> dict:
     return stats
 
 
+# ---------------------------------------------------------------------------------------------------- serving
+INDEX_HELP = ("Item index to rank through, KIND[:OPTION=VALUE,...] (default exact): exact (brute force); "
+              "prefix:dim=32 (a Matryoshka prefix; prefix:dim=32,coarse=8,shortlist=200 shortlists at 8 dims, "
+              "re-ranks at 32); hamming:shortlist=200 (sign-bit shortlist, float re-rank; hamming:codes_only=true "
+              "ranks by the codes alone); lowrank:rank=8 (a low-rank model truncated); quantized "
+              "(latent-quantization codes); seismic:n_postings=2000,query_cut=10 (inverted index, SESA); "
+              "faiss:hnsw,m=32 (flat, ivf or hnsw; pip install faiss-cpu).")
+
+
+def _index_spec(text: str):
+    """``--index`` values as a typed :class:`recsys.scoring.index.IndexSpec`; a bad spec is argparse's one line."""
+    from recsys.scoring.index import parse_index_spec
+
+    try:
+        return parse_index_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_serving_args(p) -> None:
+    """Options shared by ``evaluate`` and ``score``: the item index, and an old run's item table (a gallery)."""
+    g = p.add_argument_group("serving (item indexes, compatible galleries)")
+    g.add_argument("--index", type=_index_spec, default="exact", metavar="SPEC", help=INDEX_HELP)
+    g.add_argument("--gallery", default=None, metavar="RUN",
+                   help="Run directory of an old model: score this run's queries against its item table.")
+
+
+def _is_exact(spec) -> bool:
+    from recsys.scoring.index import ExactSpec
+
+    return isinstance(spec, ExactSpec)
+
+
 # ---------------------------------------------------------------------------------------------------- evaluate
 def cmd_evaluate(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="recsys evaluate", description="Full-ranking metrics of a finished run.")
     p.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--ks", type=int, nargs="+", default=[10, 20])
-    p.add_argument("--out", default=None, help="JSON output (default RUN/eval_<split>.json).")
-    _add_retrieval_args(p)
+    p.add_argument("--out", default=None,
+                   help="JSON output (default RUN/eval_<split>.json, RUN/eval_<split>_<index>[_gallery].json with "
+                        "--index or --gallery).")
+    _add_serving_args(p)
     a = p.parse_args(argv)
     from recsys.metrics.evaluate import beyond_accuracy, evaluate
     from recsys.runs import Run
@@ -177,14 +212,17 @@ def cmd_evaluate(argv: list[str]) -> int:
     run = Run.open(a.run_dir)
     data = run.data()
     model = run.recommender(data)
-    retrieval, gallery = _retrieval(a), None
+    gallery = None
     if a.gallery:
         gallery = Run.open(a.gallery).item_table_for(data.item_vocab)
-    if retrieval is not None or gallery is not None:
-        # A non-default retrieval is reported on its own (no beyond-accuracy pass), so defaults stay comparable.
-        m = evaluate(model, data, a.split, tuple(a.ks), retrieval=retrieval, gallery=gallery)
-        print(f"{a.split} metrics ({_describe_retrieval(a)}):\n" + format_metrics(m))
-        _write_result(run, a.out, f"eval_{a.split}_{_retrieval_tag(a)}.json", m)
+    if not _is_exact(a.index) or gallery is not None:
+        # A non-default index or gallery is reported on its own (no beyond-accuracy pass), so defaults stay
+        # comparable.
+        m = evaluate(model, data, a.split, tuple(a.ks), index=a.index, gallery=gallery)
+        print(f"{a.split} metrics (index {a.index}{', gallery ' + a.gallery if a.gallery else ''}):\n"
+              + format_metrics(m))
+        tag = "_".join(([] if _is_exact(a.index) else [a.index.tag()]) + (["gallery"] if a.gallery else []))
+        _write_result(run, a.out, f"eval_{a.split}_{tag}.json", m)
         return 0
     t = time.perf_counter()
     m = evaluate(model, data, a.split, tuple(a.ks))
@@ -200,40 +238,6 @@ def _write_result(run, out: str | None, name: str, obj) -> None:
         _write_json(Path(out), obj)
     else:
         run.write_json(name, obj)
-
-
-def _add_retrieval_args(p) -> None:
-    """Options shared by ``evaluate`` and ``score``: prefix dims, cascades, Hamming codes, an old gallery."""
-    g = p.add_argument_group("retrieval (Matryoshka prefixes, coarse-to-fine, binary codes, compatible galleries)")
-    g.add_argument("--dim", type=int, default=None, help="Score with the first DIM embedding dimensions only.")
-    g.add_argument("--coarse-dim", type=int, default=None,
-                   help="Shortlist with the first COARSE_DIM dimensions, then re-rank at --dim (or all).")
-    g.add_argument("--hamming", action="store_true",
-                   help="Shortlist by Hamming distance of the sign bits, then re-rank in float.")
-    g.add_argument("--codes-only", action="store_true", help="With --hamming: rank by Hamming distance alone.")
-    g.add_argument("--shortlist", type=int, default=200, help="Candidates per user kept by the coarse pass.")
-    g.add_argument("--gallery", default=None,
-                   help="Run directory of an old model: score this run's queries against its items.")
-
-
-def _retrieval(a):
-    if a.dim is None and a.coarse_dim is None and not a.hamming:
-        return None
-    from recsys.scoring.cascade import Retrieval
-
-    return Retrieval(dim=a.dim, coarse_dim=a.coarse_dim, hamming=a.hamming, shortlist=a.shortlist,
-                     codes_only=a.codes_only)
-
-
-def _retrieval_tag(a) -> str:
-    parts = [f"dim{a.dim}" if a.dim else "", f"coarse{a.coarse_dim}x{a.shortlist}" if a.coarse_dim else "",
-             ("hamming" if a.codes_only else f"hamming{a.shortlist}") if a.hamming else "",
-             "gallery" if a.gallery else ""]
-    return "_".join(p for p in parts if p)
-
-
-def _describe_retrieval(a) -> str:
-    return _retrieval_tag(a).replace("_", ", ") or "exact"
 
 
 # ---------------------------------------------------------------------------------------------------- score
@@ -256,33 +260,26 @@ def cmd_score(argv: list[str]) -> int:
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
                    help="Score dtype: bf16 shortlists in bf16 and re-ranks in float32; auto = bf16 on CUDA with "
                         "bf16 support, float32 on CPU.")
-    _add_retrieval_args(p)
+    _add_serving_args(p)
     p.add_argument("--explain", action="store_true",
                    help="Add an 'explanation' column: each score's top-3 concepts and their shares (SESA models).")
-    p.add_argument("--index", choices=["exact", "seismic"], default="exact",
-                   help="Top-k by brute force or by the Seismic inverted index over concept vectors (SESA models).")
-    p.add_argument("--index-options", default=None,
-                   help='SeismicIndex options as JSON, e.g. \'{"n_postings": 2000, "query_cut": 10}\'.')
     p.add_argument("--new-items", default=None,
                    help="Side table (CSV/Parquet: an 'item' column plus the training item attributes) of items "
-                        "unseen in training, embedded from their text and ranked with the catalogue (text models).")
+                        "unseen in training, embedded from their text and ranked with the catalogue (text models; "
+                        "with --index, kinds over plain tables: exact, prefix, hamming, seismic, faiss).")
     a, rest = p.parse_known_args(argv)
     if rest:
         if a.new_items:
             p.error("--new-items is not supported with --trainer.* options")
         return _score_lightning(p, a, rest)
-    retrieval = _retrieval(a)
-    if a.index != "exact" and (retrieval is not None or a.gallery):
-        p.error("--index seismic cannot be combined with --dim, --coarse-dim, --hamming or --gallery")
     from recsys.scoring.batch import score_run
 
     t = time.perf_counter()
     n = score_run(a.run_dir, a.out, k=a.k, users_file=a.users, keep_seen=a.keep_seen, chunk_size=a.chunk_size,
-                  shard_users=a.shard_users, num_shards=a.num_shards, shard_index=a.shard_index,
-                  retrieval=retrieval, gallery=a.gallery, explain=a.explain, index=a.index,
-                  index_options=json.loads(a.index_options) if a.index_options else None, precision=a.precision,
-                  new_items=a.new_items)
-    print(f"[recsys] wrote {n} rows to {a.out} in {time.perf_counter() - t:.2f} s")
+                  shard_users=a.shard_users, num_shards=a.num_shards, shard_index=a.shard_index, index=a.index,
+                  gallery=a.gallery, explain=a.explain, precision=a.precision, new_items=a.new_items)
+    how = "" if _is_exact(a.index) else f" (index {a.index})"
+    print(f"[recsys] wrote {n} rows to {a.out}{how} in {time.perf_counter() - t:.2f} s")
     return 0
 
 
@@ -290,9 +287,9 @@ def _score_lightning(p, a, rest: list[str]) -> int:
     """``recsys score`` with ``--trainer.*`` options: Lightning's predict loop (DDP etc.), one shard per step."""
     if not rest[0].startswith("--trainer."):
         p.error(f"unrecognized arguments: {' '.join(rest)}")
-    if a.num_shards != 1 or _retrieval(a) is not None or a.gallery or a.explain or a.index != "exact":
-        p.error("--trainer.* scoring supports neither --num-shards (the ranks split the shards) nor --dim, "
-                "--coarse-dim, --hamming, --gallery, --explain or --index")
+    if a.num_shards != 1 or not _is_exact(a.index) or a.gallery or a.explain:
+        p.error("--trainer.* scoring supports neither --num-shards (the ranks split the shards) nor a non-exact "
+                "--index, --gallery or --explain")
     import lightning as L
     from jsonargparse import ArgumentParser
 

@@ -36,3 +36,11 @@ class RunDirError(RecsysError, FileNotFoundError):
 
 class CheckpointError(RecsysError, RuntimeError):
     """A checkpoint cannot be read (truncated, corrupted or from an incompatible model)."""
+
+
+class ServingError(RecsysError, ValueError):
+    """A run cannot be served as asked: an index, gallery or option that does not fit what the run stores."""
+
+
+class MissingDependencyError(RecsysError, ImportError):
+    """An optional package that the command needs is not installed (the message says what to install)."""

@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 from recsys.capabilities import EmbedsNewItems
 from recsys.data.batch import Batch
+from recsys.errors import DataError, MissingDependencyError, RecsysError, ServingError
+from recsys.scoring.index import ExactSpec, IndexSpec, ItemIndex, ServingTables
 from recsys.scoring.topk import ScoreFn, gemm_score_fn
 
 if TYPE_CHECKING:
@@ -26,8 +28,8 @@ if TYPE_CHECKING:
 
     from recsys.data.prepared import PreparedData
 
-__all__ = ["EmbeddingModel", "EmbeddingRecommender", "Recommender", "embedding_tables", "score_function",
-           "table_score_fn"]
+__all__ = ["EmbeddingModel", "EmbeddingRecommender", "Recommender", "build_index", "embedding_tables",
+           "score_function", "table_score_fn"]
 
 C = TypeVar("C")
 
@@ -69,6 +71,22 @@ class Recommender:
             -> queries [n_users, D], items [n_items, D]
         """
         return None
+
+    def serving_extras(self, data: PreparedData, up_to: str = "train") -> dict[str, Tensor]:
+        """Tables an item index needs beyond :meth:`serving_tables`; none here.
+
+        Keys are names of :attr:`recsys.scoring.index.ServingTables.EXTRAS` (a low-rank model's factors and basis,
+        a latent-quantization model's codes and codebook), so that ``evaluate --index lowrank`` / ``--index
+        quantized`` can serve a live model; what ``recsys fit`` stores goes to ``ModelPayload.extras`` instead.
+
+        Args:
+            data: the ``PreparedData`` the model is bound to.
+            up_to: which interactions form a query's history (see :meth:`serving_tables`).
+
+        Shapes:
+            -> e.g. query_factors [n_users, r], item_factors [n_items, r], basis [r, D]
+        """
+        return {}
 
     def score_fn(self, data: PreparedData, up_to: str = "train") -> ScoreFn:
         """``score(user_rows, out) -> [B, n_items]``: the scores of every item, written into ``out`` when given.
@@ -124,6 +142,12 @@ class EmbeddingModel(Recommender):
 
     def serving_tables(self, data: PreparedData, up_to: str = "train") -> tuple[Tensor, Tensor]:
         return embedding_tables(self.encoder, self.scorer, data, up_to)
+
+    def serving_extras(self, data: PreparedData, up_to: str = "train") -> dict[str, Tensor]:
+        # Raw tables (before any scorer) of whichever encoder the outermost one asks about: its factors or codes.
+        from recsys.scorers import DotScorer
+
+        return self.encoder.serving_extras(lambda enc: embedding_tables(enc, DotScorer(), data, up_to))
 
     def scorer_description(self) -> dict:
         return self.scorer.describe()
@@ -193,18 +217,26 @@ def embedding_tables(encoder, scorer, data, up_to: str = "train", users: np.ndar
     return queries, items
 
 
-def table_score_fn(queries: Tensor, items: Tensor, *, normalize: bool = False, retrieval=None,
-                   gallery: Tensor | None = None, extra_items: Tensor | None = None, exclude=None) -> ScoreFn:
-    """A score function over scorer-prepared tables: exact GEMM, or a prefix / cascade / Hamming retrieval.
+def table_score_fn(queries: Tensor, items: Tensor, *, normalize: bool = False, index: IndexSpec | None = None,
+                   extras: dict[str, Tensor] | None = None, gallery: Tensor | None = None,
+                   extra_items: Tensor | None = None, exclude=None) -> ScoreFn:
+    """A score function over scorer-prepared tables: exact GEMM, or through an item index built over them.
 
     Args:
         queries, items: the tables (:meth:`Recommender.serving_tables` or a run's stored ones).
-        normalize: the tables are unit vectors (cosine scorers): prefixes are re-normalised.
-        retrieval: a :class:`recsys.scoring.cascade.Retrieval`; exact when None.
+        normalize: the scorer is cosine: truncated tables (prefixes, low rank, dequantized codes) are re-normalised.
+        index: the item index to serve through (:func:`recsys.scoring.index.parse_index_spec`); exact when None.
+        extras: the further tables some indexes need (:attr:`recsys.scoring.index.ServingTables.EXTRAS`: low-rank
+            factors, quantization codes); names outside that list are ignored.
         gallery: an old model's item table to score against instead of ``items`` (a backward-compatible upgrade);
             queries keep their first ``D_gallery`` coordinates, the compatible subspace.
         extra_items: scorer-prepared rows appended after the item table (items unseen in training).
-        exclude: CSR of items a cascade must not shortlist (the evaluator's exclusions).
+        exclude: CSR of items a shortlisting index must not take (the evaluator's or the job's exclusions).
+
+    Raises:
+        DataError: the index needs tables that are not there (e.g. ``lowrank`` without factor tables).
+        ServingError: an index option does not fit the tables.
+        MissingDependencyError: the index's optional package (faiss) is not installed.
 
     Shapes:
         queries: [U, D]; items: [N, D]; gallery: [N, D_gallery]; extra_items: [M, D]
@@ -214,31 +246,72 @@ def table_score_fn(queries: Tensor, items: Tensor, *, normalize: bool = False, r
         queries = queries[:, :items.shape[1]].contiguous()
     if extra_items is not None:
         items = torch.cat([items, extra_items.to(items.dtype)])
-    if retrieval is None:
+    if index is None or isinstance(index, ExactSpec):
         return gemm_score_fn(queries, items)
-    return retrieval.score_fn(queries, items, exclude, normalize)
+    # A gallery or new items replace the item table: factor tables and codes describe the old one, so none are
+    # passed and an index that needs them fails with its own "needs ..." error.
+    kept = {k: v for k, v in (extras or {}).items() if k in ServingTables.EXTRAS and v is not None}
+    dropped = bool(kept) and (gallery is not None or extra_items is not None)
+    tables = ServingTables(queries, items, normalize, **({} if dropped else kept))
+    return build_index(index, tables, dropped).score_function(exclude=exclude)
 
 
-def score_function(model: Recommender, data, up_to: str = "train", retrieval=None, gallery: Tensor | None = None,
-                   exclude=None) -> ScoreFn:
-    """A ``score_fn(user_rows, out)`` for any recommender, exact or through a retrieval over its tables.
+def build_index(index: IndexSpec, tables: ServingTables, dropped: bool = False) -> ItemIndex:
+    """``index.build(tables)``, with every failure a one-line :class:`recsys.errors.RecsysError` for the CLI.
+
+    Args:
+        index: the parsed spec.
+        tables: what the run (or model) serves.
+        dropped: the model's extra tables were left out because a gallery or new items replaced the item table;
+            a missing-table error then says so.
+
+    Raises:
+        DataError: the run does not store what this kind needs.
+        ServingError: an option does not fit the tables (e.g. a prefix longer than the model's dimension).
+        MissingDependencyError: the optional package of the kind is not installed.
+    """
+    try:
+        return index.build(tables)
+    except RecsysError as e:
+        if dropped and isinstance(e, DataError):
+            raise DataError(f"{e}: a gallery or new items replace the item table, so its stored index tables do "
+                            "not apply (plain-table kinds do: exact, prefix, hamming, seismic, faiss)") from None
+        raise
+    except ImportError as e:
+        raise MissingDependencyError(str(e)) from None
+    except ValueError as e:
+        raise ServingError(str(e)) from None
+
+
+def score_function(model: Recommender, data, up_to: str = "train", index: IndexSpec | None = None,
+                   gallery: Tensor | None = None, exclude=None) -> ScoreFn:
+    """A ``score_fn(user_rows, out)`` for any recommender, exact or through an item index over its tables.
 
     Args:
         model: a fitted :class:`Recommender`.
         data: the ``PreparedData`` it is bound to.
         up_to: which interactions form the queries' histories (see :meth:`Recommender.serving_tables`).
-        retrieval: a :class:`recsys.scoring.cascade.Retrieval` (prefix dim, coarse-to-fine, Hamming); exact when None.
+        index: the item index to serve through (prefix, coarse-to-fine, Hamming, low rank, ...); exact when None.
         gallery: an old model's scorer-prepared item table (:meth:`recsys.runs.Run.item_table_for`) to score the
             queries against.
-        exclude: CSR of items a cascade must not shortlist (the evaluator's exclusions).
+        exclude: CSR of items a shortlisting index must not take (the evaluator's exclusions).
+
+    Raises:
+        ServingError: an index or a gallery on a model without serving tables (a baseline such as EASE).
 
     Shapes:
         gallery: [n_items, D_gallery]
     """
-    if retrieval is None and gallery is None:
+    exact = index is None or isinstance(index, ExactSpec)
+    if exact and gallery is None:
         return model.score_fn(data, up_to)
     tables = model.serving_tables(data, up_to)
     if tables is None:
-        raise ValueError("prefix, cascade and gallery scoring need an embedding model (user and item tables)")
+        what = "a gallery" if exact else f"index '{index.kind}'"
+        raise ServingError(f"{what} needs an embedding model (user and item tables); {type(model).__name__} "
+                           "scores items directly")
     normalize = bool(model.scorer_description().get("normalize", False))
-    return table_score_fn(*tables, normalize=normalize, retrieval=retrieval, gallery=gallery, exclude=exclude)
+    # The extras describe this model's own item table; a gallery replaces it (see table_score_fn).
+    extras = model.serving_extras(data, up_to) if gallery is None and not exact else None
+    return table_score_fn(*tables, normalize=normalize, index=index, extras=extras, gallery=gallery,
+                          exclude=exclude)

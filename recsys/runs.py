@@ -257,7 +257,9 @@ class Run:
             items=None if tables is None else tables[1].detach().cpu().contiguous(),
             # Explicit-concept models (SESA): dimension names, so `recsys score --explain` needs no model code.
             concepts=list(explicit.concept_names()) if explicit is not None else None,
-            extras={k: v.detach().cpu().contiguous() for k, v in (extras or {}).items()})
+            # Index tables (low-rank factors, quantization codes) declared by the model, plus any given here.
+            extras={k: v.detach().cpu().contiguous()
+                    for k, v in {**model.serving_extras(data, up_to="all"), **(extras or {})}.items()})
         self.save_payload(payload)
         return payload
 

@@ -25,7 +25,7 @@ import torch
 
 from recsys.metrics.evaluate import evaluate
 from recsys.runs import Run
-from recsys.scoring.cascade import Retrieval
+from recsys.scoring.index import HammingSpec, PrefixSpec
 
 METRIC = "ndcg@20"
 
@@ -51,14 +51,14 @@ def matryoshka(runs: Path, full: Path, rows: list, res: dict, name: str = "mrl12
     natives = {d: full, **{m: runs / f"{native}{m}" for m in (d // 8, d // 4, d // 2)}}
     res["matryoshka"] = {"prefix": {}, "native": {}}
     for m in (d // 8, d // 4, d // 2, d):
-        res["matryoshka"]["prefix"][m] = ndcg(model, data, retrieval=Retrieval(dim=m))
+        res["matryoshka"]["prefix"][m] = ndcg(model, data, index=PrefixSpec(dim=m))
         nat, ndata = load(natives[m])
         if nat is not None:
             res["matryoshka"]["native"][m] = ndcg(nat, ndata)
         rows.append((f"Matryoshka {label}", f"prefix {m}", 4 * m, res["matryoshka"]["prefix"][m]))
         if m in res["matryoshka"]["native"]:
             rows.append((f"{label} (native)", f"dim {m}", 4 * m, res["matryoshka"]["native"][m]))
-    c2f = ndcg(model, data, retrieval=Retrieval(coarse_dim=d // 8, shortlist=200))
+    c2f = ndcg(model, data, index=PrefixSpec(coarse=d // 8, shortlist=200))
     res["matryoshka"]["coarse_to_fine"] = {"coarse_dim": d // 8, "shortlist": 200, METRIC: c2f}
     rows.append((f"Matryoshka {label}", f"coarse {d // 8} → fine {d}, shortlist 200", 4 * d, c2f))
     p, q = res["matryoshka"]["prefix"], d // 4
@@ -89,11 +89,10 @@ def binary(runs: Path, rows: list, res: dict) -> None:
     if model is None:
         return
     d = model.encoder.out_dim
-    res["binary"] = {"float": ndcg(model, data), "hamming_only": ndcg(model, data, retrieval=Retrieval(
-        hamming=True, codes_only=True)), "bytes_per_item_float": 4 * d, "bytes_per_item_codes": d / 8}
+    res["binary"] = {"float": ndcg(model, data), "hamming_only": ndcg(model, data, index=HammingSpec(codes_only=True)),
+                     "bytes_per_item_float": 4 * d, "bytes_per_item_codes": d / 8}
     for m in (100, 200, 500):
-        res["binary"][f"hamming_shortlist_{m}_rerank"] = ndcg(model, data, retrieval=Retrieval(hamming=True,
-                                                                                              shortlist=m))
+        res["binary"][f"hamming_shortlist_{m}_rerank"] = ndcg(model, data, index=HammingSpec(shortlist=m))
     rows.append(("Binary MF", "float (re-ranker)", 4 * d, res["binary"]["float"]))
     rows.append(("Binary MF", f"{d}-bit codes, Hamming only", d / 8, res["binary"]["hamming_only"]))
     rows.append(("Binary MF", "Hamming shortlist 200 + float re-rank", d / 8,

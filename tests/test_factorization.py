@@ -19,7 +19,8 @@ from recsys.encoders import (
     Matryoshka,
 )
 from recsys.losses import BPRLoss, MatryoshkaLoss
-from recsys.scoring.cascade import Retrieval, hamming_distances, pack_bits, prefix_tables
+from recsys.scoring.cascade import hamming_distances, pack_bits, prefix_tables
+from recsys.scoring.index import ServingTables, parse_index_spec
 from recsys.testing import EncoderConformance, checkerboard
 
 INNER = {"mf": lambda d: MatrixFactorization(dim=d), "lightgcn": lambda d: LightGCN(dim=d, n_layers=2)}
@@ -210,20 +211,25 @@ def test_pack_bits_and_hamming_match_dense():
     np.testing.assert_array_equal(sq @ si.T, 70 - 2 * want)
 
 
+def _score_fn(spec: str, q, i, exclude=None):
+    """The score function of an index spec over plain (dot-product) tables."""
+    return parse_index_spec(spec).build(ServingTables(q, i)).score_function(exclude=exclude)
+
+
 def test_cascades_with_full_shortlist_equal_exact_scoring():
     torch.manual_seed(0)
     q, i = torch.randn(6, 16), torch.randn(30, 16)
     rows = torch.arange(6)
     exact = q @ i.T
-    for r in (Retrieval(coarse_dim=4, shortlist=30), Retrieval(hamming=True, shortlist=30)):
-        torch.testing.assert_close(r.score_fn(q, i)(rows, None), exact)
-    short = Retrieval(coarse_dim=4, shortlist=5).score_fn(q, i)(rows, None)
+    for spec in ("prefix:coarse=4,shortlist=30", "hamming:shortlist=30"):
+        torch.testing.assert_close(_score_fn(spec, q, i)(rows, None), exact)
+    short = _score_fn("prefix:coarse=4,shortlist=5", q, i)(rows, None)
     assert (torch.isfinite(short).sum(1) == 5).all()
     kept = torch.isfinite(short)
     torch.testing.assert_close(short[kept], exact[kept])
     pq, pi = prefix_tables(q, i, 4, normalize=True)
     torch.testing.assert_close(pq.norm(dim=1), torch.ones(6))
-    torch.testing.assert_close(Retrieval(dim=4).score_fn(q, i)(rows, None), q[:, :4] @ i[:, :4].T)
+    torch.testing.assert_close(_score_fn("prefix:dim=4", q, i)(rows, None), q[:, :4] @ i[:, :4].T)
 
 
 def test_cascade_masks_exclusions_before_the_shortlist():
@@ -231,13 +237,13 @@ def test_cascade_masks_exclusions_before_the_shortlist():
 
     q, i = torch.ones(1, 4), torch.arange(10, dtype=torch.float32)[:, None].repeat(1, 4)
     exclude = RowSets.from_pairs(np.zeros(3, dtype=np.int64), np.array([9, 8, 7]), 1)
-    s = Retrieval(coarse_dim=2, shortlist=3).score_fn(q, i, exclude)(torch.tensor([0]), None)
+    s = _score_fn("prefix:coarse=2,shortlist=3", q, i, exclude)(torch.tensor([0]), None)
     assert torch.isfinite(s[0]).nonzero().flatten().tolist() == [4, 5, 6]
     # Hamming shortlists (integer similarities) mask the same way: items 0..2 share the query's signs.
     qh = torch.ones(1, 8)
     ih = torch.cat([torch.ones(3, 8), -torch.ones(7, 8)])
     excl = RowSets.from_pairs(np.zeros(2, dtype=np.int64), np.array([0, 1]), 1)
-    s = Retrieval(hamming=True, shortlist=1).score_fn(qh, ih, excl)(torch.tensor([0]), None)
+    s = _score_fn("hamming:shortlist=1", qh, ih, excl)(torch.tensor([0]), None)
     assert torch.isfinite(s[0]).nonzero().flatten().tolist() == [2]
 
 
@@ -274,7 +280,7 @@ def test_compatible_basis_is_orthonormal_and_preserves_new_scores():
     assert "old_items" not in enc.state_dict()
 
 
-# End to end: configs train through the CLI; evaluate and score take the retrieval options.
+# End to end: configs train through the CLI; evaluate and score take --index and --gallery.
 def test_compatible_upgrade_scores_new_queries_against_the_old_gallery(tmp_path):
     old, new = tmp_path / "old", tmp_path / "new"
     assert main(fit_args("mf_bpr.yaml", old, "--model.init_args.encoder.init_args.dim", "8")) == 0
@@ -293,18 +299,20 @@ def test_compatible_upgrade_scores_new_queries_against_the_old_gallery(tmp_path)
 def test_evaluate_and_score_at_a_prefix_and_by_cascade(tmp_path):
     run = tmp_path / "m"
     assert main(fit_args("mf_matryoshka.yaml", run)) == 0
-    for extra, tag in ((["--dim", "16"], "dim16"), (["--coarse-dim", "8", "--shortlist", "50"], "coarse8x50"),
-                       (["--hamming", "--shortlist", "50"], "hamming50"), (["--hamming", "--codes-only"], "hamming")):
-        assert main(["evaluate", "--run-dir", str(run), *extra]) == 0
+    for spec, tag in (("prefix:dim=16", "prefix_dim_16"),
+                      ("prefix:coarse=8,shortlist=50", "prefix_coarse_8_shortlist_50"),
+                      ("hamming:shortlist=50", "hamming_shortlist_50"),
+                      ("hamming:codes_only=true", "hamming_codes_only_true")):
+        assert main(["evaluate", "--run-dir", str(run), "--index", spec]) == 0
         m = json.loads((run / f"eval_test_{tag}.json").read_text())
         assert 0.0 <= m["ndcg@20"] <= 1.0
     import pyarrow.parquet as pq
 
     out = tmp_path / "s.parquet"
-    assert main(["score", "--run-dir", str(run), "--dim", "16", "--k", "7", "--out", str(out)]) == 0
+    assert main(["score", "--run-dir", str(run), "--index", "prefix:dim=16", "--k", "7", "--out", str(out)]) == 0
     t = pq.read_table(out).to_pandas()
     assert t.groupby("user").size().max() == 7
-    # --dim scores with the prefix of the stored tables.
+    # A prefix index scores with the prefix of the stored tables.
     from recsys.runs import Run
 
     r = Run.open(run)
@@ -315,20 +323,19 @@ def test_evaluate_and_score_at_a_prefix_and_by_cascade(tmp_path):
     np.testing.assert_allclose(t.score.to_numpy(), want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("retrieval", [Retrieval(coarse_dim=4, shortlist=7), Retrieval(hamming=True, shortlist=7),
-                                       Retrieval(hamming=True, shortlist=3)])
-def test_topk_ranks_a_cascade_shortlist_like_its_dense_scores(retrieval):
+@pytest.mark.parametrize("spec", ["prefix:coarse=4,shortlist=7", "hamming:shortlist=7", "hamming:shortlist=3"])
+def test_topk_ranks_a_cascade_shortlist_like_its_dense_scores(spec):
     # iter_topk takes the cascade's candidates directly; the result must equal ranking its dense [B, N] scores.
     import scipy.sparse as sp
 
-    from recsys.scoring.topk import topk
+    from recsys.scoring.topk import CandidateScoreFunction, topk
 
     torch.manual_seed(1)
     q, i = torch.randn(9, 16), torch.randn(40, 16)
     users = np.arange(9)
     exclude = sp.random(9, 40, density=0.2, format="csr", random_state=0)
-    fn = retrieval.score_fn(q, i, exclude)
-    assert getattr(fn, "candidates", None) is not None
+    fn = _score_fn(spec, q, i, exclude)
+    assert isinstance(fn, CandidateScoreFunction)
     items, scores = topk(fn, users, 40, 5, exclude)
     dense = fn(torch.from_numpy(users), None)
     want_scores, want_items = torch.topk(dense, 5, dim=1)
@@ -338,6 +345,6 @@ def test_topk_ranks_a_cascade_shortlist_like_its_dense_scores(retrieval):
     for u in users:  # no excluded item is ever returned
         assert not set(items[u][items[u] >= 0]) & set(exclude[u].indices)
     # A score function built with other exclusions falls back to the dense path (and is masked by the engine).
-    items2, _ = topk(retrieval.score_fn(q, i), users, 40, 5, exclude)
+    items2, _ = topk(_score_fn(spec, q, i), users, 40, 5, exclude)
     for u in users:
         assert not set(items2[u][items2[u] >= 0]) & set(exclude[u].indices)

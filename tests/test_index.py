@@ -10,7 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from recsys.errors import DataError
-from recsys.scoring.cascade import Retrieval, hamming_distances, pack_bits
+from recsys.scoring.cascade import (
+    hamming_cascade_fn,
+    hamming_distances,
+    hamming_score_fn,
+    pack_bits,
+    prefix_cascade_fn,
+    prefix_tables,
+)
 from recsys.scoring.index import (
     DenseIndex,
     FaissIndex,
@@ -21,7 +28,6 @@ from recsys.scoring.index import (
     ServingTables,
     dequantize,
     parse_index_spec,
-    spec_for_retrieval,
 )
 from recsys.scoring.topk import (
     CandidateScoreFunction,
@@ -322,16 +328,25 @@ def test_spec_rejects_bad_specs_in_one_line(spec, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("retrieval", [Retrieval(), Retrieval(dim=4), Retrieval(coarse_dim=2, shortlist=9),
-                                       Retrieval(dim=6, coarse_dim=2, shortlist=9), Retrieval(hamming=True),
-                                       Retrieval(dim=6, hamming=True, shortlist=9),
-                                       Retrieval(dim=5, hamming=True, codes_only=True)])
-def test_flag_retrievals_map_to_the_same_index(retrieval):
+# spec -> the score function built by hand from the cascade module's pieces (prefix tables, coarse-to-fine and
+# Hamming cascades, codes alone) over tables ``q``, ``i`` with exclusions ``ex``: the specs compose nothing else.
+HAND_BUILT = {
+    "exact": lambda q, i, ex: gemm_score_fn(q, i),
+    "prefix:dim=4": lambda q, i, ex: gemm_score_fn(*prefix_tables(q, i, 4, True)),
+    "prefix:coarse=2,shortlist=9": lambda q, i, ex: prefix_cascade_fn(q, i, 2, 9, ex, True),
+    "prefix:dim=6,coarse=2,shortlist=9": lambda q, i, ex: prefix_cascade_fn(*prefix_tables(q, i, 6, True), 2, 9, ex,
+                                                                            True),
+    "hamming": lambda q, i, ex: hamming_cascade_fn(q, i, 200, ex),
+    "hamming:dim=6,shortlist=9": lambda q, i, ex: hamming_cascade_fn(*prefix_tables(q, i, 6, True), 9, ex),
+    "hamming:codes_only=true,bits=5": lambda q, i, ex: hamming_score_fn(q, i, bits=5),
+}
+
+
+@pytest.mark.parametrize("spec", list(HAND_BUILT))
+def test_specs_rank_like_the_hand_built_cascades(spec):
     tables, exclude = _tables(normalize=True), _exclude()
-    want = topk(retrieval.score_fn(tables.queries, tables.items, exclude, normalize=True), np.arange(U), N, K,
-                exclude)
-    got = topk(spec_for_retrieval(retrieval).build(tables).score_function(exclude=exclude), np.arange(U), N, K,
-               exclude)
+    want = topk(HAND_BUILT[spec](tables.queries, tables.items, exclude), np.arange(U), N, K, exclude)
+    got = topk(parse_index_spec(spec).build(tables).score_function(exclude=exclude), np.arange(U), N, K, exclude)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
 

@@ -3,8 +3,6 @@ explanations in `recsys score`, and the pipeline through the CLI with a tiny LM.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -245,9 +243,8 @@ def test_fit_stores_concepts_and_score_explains(sesa_run, tmp_path):
 def test_score_with_seismic_index_matches_exact(sesa_run, tmp_path):
     exact, approx = tmp_path / "exact.parquet", tmp_path / "seismic.parquet"
     assert main(["score", "--run-dir", str(sesa_run), "--out", str(exact), "--k", "10"]) == 0
-    opts = json.dumps({"n_postings": None, "block_size": 4})
-    assert main(["score", "--run-dir", str(sesa_run), "--out", str(approx), "--k", "10", "--index", "seismic",
-                 "--index-options", opts]) == 0
+    assert main(["score", "--run-dir", str(sesa_run), "--out", str(approx), "--k", "10",
+                 "--index", "seismic:n_postings=none,block_size=4"]) == 0
     a, b = pq.read_table(exact).to_pandas(), pq.read_table(approx).to_pandas()
     assert len(a) == len(b)
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), rtol=1e-5, atol=1e-6)

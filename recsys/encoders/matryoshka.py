@@ -1,7 +1,8 @@
 """Matryoshka embeddings: serve any encoder at a prefix of its dimensions.
 
 Training with :class:`recsys.losses.MatryoshkaLoss` makes every prefix ``d/8, d/4, d/2, d`` a usable embedding on
-its own; this wrapper then serves one prefix, so a cheaper model is a config (or ``--dim``) change, not a retrain.
+its own; this wrapper then serves one prefix, so a cheaper model is a config (or ``--index prefix:dim=D``) change,
+not a retrain.
 
 Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022; Li et al., "2D Matryoshka Sentence
 Embeddings", 2024 (prefixes over dimensions only here, not over layers).

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from recsys.metrics.ranking import ranking_metrics
 from recsys.scoring.topk import ScoreFn, topk
+
+if TYPE_CHECKING:
+    from recsys.scoring.index import IndexSpec
 
 
 def rank_split(score_fn: ScoreFn, data, split: str = "test", k: int = 20, chunk_size: int | None = None
@@ -24,7 +29,7 @@ def rank_split(score_fn: ScoreFn, data, split: str = "test", k: int = 20, chunk_
 
 
 def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | None = None,
-             per_user_out=None, retrieval=None, gallery=None) -> dict[str, float]:
+             per_user_out=None, index: IndexSpec | None = None, gallery=None) -> dict[str, float]:
     """Full-ranking metrics of a model on a split (``valid`` or ``test``).
 
     Args:
@@ -34,8 +39,8 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | No
         ks: cut-offs.
         chunk_size: users per scoring chunk (from a memory budget when None).
         per_user_out: a Parquet path for per-user values (external user IDs), for significance tests.
-        retrieval: a :class:`recsys.scoring.cascade.Retrieval`: score at a Matryoshka prefix (``dim``),
-            coarse-to-fine, or Hamming shortlist + float re-rank; exact full-dimension scoring when None.
+        index: the item index to rank through (:func:`recsys.scoring.index.parse_index_spec`: a Matryoshka prefix,
+            coarse-to-fine, a Hamming shortlist, low-rank truncation, ...); exact scoring when None.
         gallery: an old model's scorer-prepared item table (:meth:`recsys.runs.Run.item_table_for`) that the
             queries are scored against (backward-compatible upgrades).
 
@@ -45,7 +50,7 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | No
     from recsys.recommender import score_function
 
     score_fn = score_function(model, data, up_to="train" if split == "valid" else "train+valid",
-                              retrieval=retrieval, gallery=gallery, exclude=data.exclude_for(split))
+                              index=index, gallery=gallery, exclude=data.exclude_for(split))
     users, ranked = rank_split(score_fn, data, split, max(ks), chunk_size)
     if per_user_out is not None:
         write_per_user(per_user_out, data, users, ranked, split, ks)

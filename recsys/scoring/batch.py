@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recsys.errors import DataError
+from recsys.errors import DataError, ServingError
+
+if TYPE_CHECKING:
+    from recsys.scoring.index import IndexSpec
 
 
 def read_user_ids(path: str | Path) -> np.ndarray:
@@ -31,35 +35,46 @@ def read_user_ids(path: str | Path) -> np.ndarray:
     return np.asarray(lines, dtype=object)
 
 
-def _score_fn_for_run(run, retrieval=None, gallery: Path | None = None, exclude=None, extra_items=None):
+def _score_fn_for_run(run, index: IndexSpec | None = None, gallery: Path | None = None, exclude=None,
+                      extra_items=None):
     """The cheapest score function for a run: its stored GEMM-ready tables, else the rebuilt model.
-
-    ``retrieval`` (a :class:`recsys.scoring.cascade.Retrieval`) scores at a prefix, coarse-to-fine or by Hamming
-    shortlist; ``gallery`` is another run whose stored item table the queries are scored against (their first
-    ``D_gallery`` coordinates: a backward-compatible model's new queries against the old model's items);
-    ``extra_items`` are scorer-prepared rows appended to the item table (items unseen in training).
 
     Args:
         run: the :class:`recsys.runs.Run` being scored.
+        index: the item index to serve through, built over the stored tables and extras; exact when None.
+        gallery: another run whose stored item table the queries are scored against (their first ``D_gallery``
+            coordinates: a backward-compatible model's new queries against the old model's items).
+        exclude: CSR of items a shortlisting index must not take.
+        extra_items: scorer-prepared rows appended to the item table (items unseen in training).
+
+    Raises:
+        ServingError: an index, gallery or new items on a run that stores no embedding tables.
+
+    Shapes:
+        extra_items: [M, D]
     """
     from recsys.recommender import table_score_fn
     from recsys.runs import Run
+    from recsys.scoring.index import ExactSpec
 
     payload = run.payload
     if payload.tables is not None:
         gallery_items = None if gallery is None else Run.open(gallery).item_table_for(run.vocab("item"))
         return table_score_fn(*payload.tables, normalize=bool(payload.scorer.get("normalize", False)),
-                              retrieval=retrieval, gallery=gallery_items, extra_items=extra_items, exclude=exclude)
-    if retrieval is not None or gallery is not None or extra_items is not None:
-        raise ValueError("prefix, cascade, gallery and new-item scoring need a run with stored embedding tables")
+                              index=index, extras=payload.extras, gallery=gallery_items, extra_items=extra_items,
+                              exclude=exclude)
+    if not (index is None or isinstance(index, ExactSpec)) or gallery is not None or extra_items is not None:
+        what = ("new items" if extra_items is not None else "a gallery" if gallery is not None
+                else f"index '{index.kind}'")
+        raise ServingError(f"{what} needs a run with stored embedding tables; this model scores items directly")
     return run.recommender().score_fn(run.data(), up_to="all")
 
 
 def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file: str | Path | None = None,
               keep_seen: bool = False, chunk_size: int | None = None, shard_users: int | None = None,
-              num_shards: int = 1, shard_index: int = 0, retrieval=None, gallery: str | Path | None = None,
-              explain: bool = False, index: str = "exact", index_options: dict | None = None,
-              precision: str = "32", new_items: str | Path | None = None) -> int:
+              num_shards: int = 1, shard_index: int = 0, index: IndexSpec | None = None,
+              gallery: str | Path | None = None, explain: bool = False, precision: str = "32",
+              new_items: str | Path | None = None) -> int:
     """Write the top-k items of every user (or of the listed users) of a run to Parquet.
 
     Columns: ``user`` and ``item`` (external IDs), ``rank`` (1-based), ``score``. Items a user interacted with in
@@ -81,29 +96,35 @@ def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file:
         shard_users: users per shard; enables sharded output.
         num_shards: workers sharing the job.
         shard_index: this worker's index in ``0..num_shards-1``.
-        retrieval: a :class:`recsys.scoring.cascade.Retrieval` (``--dim``, coarse-to-fine, Hamming); exact if None.
+        index: the item index to rank through (:func:`recsys.scoring.index.parse_index_spec`: a prefix,
+            coarse-to-fine, Hamming codes, low rank, quantized codes, Seismic, faiss); exact brute force when None.
         gallery: a run whose items to score this run's queries against (new queries vs the old gallery).
         explain: add an ``explanation`` column: the top-3 concepts of each score and their shares (explicit-concept
             models such as SESA only).
-        index: ``exact`` (brute force) or ``seismic`` (the blocked inverted index of :mod:`recsys.retrieval`,
-            for non-negative explicit vectors).
-        index_options: keyword arguments of :class:`recsys.retrieval.SeismicIndex`.
         precision: score dtype, ``32`` or ``bf16`` (bf16 shortlist + float32 re-rank, see
             :mod:`recsys.scoring.topk`); ``auto`` is float32 on this CPU path.
         new_items: a side table (CSV/Parquet: an ``item`` column plus the training item attributes) of items
-            unseen in training, embedded from their text and ranked with the catalogue (text encoders only).
+            unseen in training, embedded from their text and ranked with the catalogue (text encoders only); any
+            index over plain tables applies (not ``lowrank`` or ``quantized``, whose tables cover trained items).
+
+    Raises:
+        ServingError: new items or explanations with a gallery (another item table), or an index that does not
+            fit the run (see :func:`recsys.recommender.table_score_fn`).
     """
-    if new_items is not None and (gallery is not None or explain or index != "exact"):
-        raise ValueError("new items cannot be combined with a gallery, explanations or an index")
-    job = _ScoringJob(run_dir, k, users_file, keep_seen, chunk_size, retrieval, gallery, new_items)
+    if gallery is not None and (new_items is not None or explain):
+        raise ServingError("a gallery cannot be combined with new items or explanations (they describe this "
+                           "run's own item table)")
+    if new_items is not None and explain:
+        raise ServingError("new items cannot be explained (explanations use the run's stored concept tables)")
+    job = _ScoringJob(run_dir, k, users_file, keep_seen, chunk_size, index, gallery, new_items)
     if precision != "32":
         from recsys.scoring.topk import scoring_dtype
 
         job.dtype = scoring_dtype(precision, "cpu")
-    if explain or index != "exact":
+    if explain:
         from recsys.scoring.explain import attach_explicit
 
-        attach_explicit(job, explain=explain, index=index, index_options=index_options)
+        attach_explicit(job)
     if shard_users is None and num_shards == 1:
         return job.write(Path(out), job.rows)
     if not 0 <= shard_index < num_shards:
@@ -135,13 +156,12 @@ def score_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file:
 class _ScoringJob:
     """Everything a scoring pass needs, loaded once: vocabularies, exclusions, the score function."""
 
-    #: set by :func:`recsys.scoring.explain.attach_explicit`: an explanation column, an inverted-index top-k.
+    #: set by :func:`recsys.scoring.explain.attach_explicit`: the explanation column.
     explainer = None
-    index_topk = None
     #: the score dtype of the top-k pass (float32 when None); see :func:`recsys.scoring.topk.iter_topk`.
     dtype = None
 
-    def __init__(self, run_dir, k, users_file, keep_seen, chunk_size, retrieval=None, gallery=None,
+    def __init__(self, run_dir, k, users_file, keep_seen, chunk_size, index=None, gallery=None,
                  new_items=None) -> None:
         import pyarrow as pa
 
@@ -167,7 +187,7 @@ class _ScoringJob:
             new_ids, extra = new_item_tables(run, new_items)
             # New rows go after the trained ones: trained item rows (and the exclusions) keep their numbers.
             self.item_vocab = Vocabulary(np.concatenate([self.item_vocab.ids, new_ids]), "item")
-        self.score_fn = _score_fn_for_run(run, retrieval, None if gallery is None else Path(gallery), self.exclude,
+        self.score_fn = _score_fn_for_run(run, index, None if gallery is None else Path(gallery), self.exclude,
                                           extra)
         self.k, self.chunk_size = k, chunk_size
         self.schema = pa.schema([("user", _arrow_type(self.user_vocab)), ("item", _arrow_type(self.item_vocab)),
@@ -183,9 +203,8 @@ class _ScoringJob:
 
         k, n = self.k, 0
         with atomic_path(path) as tmp, pq.ParquetWriter(tmp, self.schema) as writer:
-            topk_chunks = (chunks if chunks is not None else self.index_topk(rows) if self.index_topk is not None
-                           else iter_topk(self.score_fn, rows, len(self.item_vocab), k, self.exclude,
-                                          self.chunk_size, dtype=self.dtype))
+            topk_chunks = chunks if chunks is not None else iter_topk(
+                self.score_fn, rows, len(self.item_vocab), k, self.exclude, self.chunk_size, dtype=self.dtype)
             for urows, idx, vals in topk_chunks:
                 idx, vals = idx.numpy(), vals.numpy()
                 keep = idx >= 0

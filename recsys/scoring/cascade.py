@@ -9,48 +9,12 @@ item indexes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recsys.scoring.topk import CandidateScoreFunction, ScoreFunction, gemm_score_fn, mask_rows_
-
-
-@dataclass(frozen=True)
-class Retrieval:
-    """How to retrieve from embedding tables: exact, at a prefix, coarse-to-fine, or Hamming then float.
-
-    Args:
-        dim: serve the first ``dim`` coordinates (a Matryoshka prefix); all when None.
-        coarse_dim: shortlist with the first ``coarse_dim`` coordinates, then re-rank at ``dim``.
-        hamming: shortlist by Hamming distance of sign bits (``True``), then re-rank at ``dim`` in float.
-        shortlist: candidates per user kept by the coarse pass.
-        codes_only: with ``hamming``, rank by Hamming distance alone (no float re-ranking).
-    """
-
-    dim: int | None = None
-    coarse_dim: int | None = None
-    hamming: bool = False
-    shortlist: int = 200
-    codes_only: bool = False
-
-    def score_fn(self, queries: Tensor, items: Tensor, exclude=None, normalize: bool = False) -> ScoreFunction:
-        """A score function over scorer-prepared tables.
-
-        Shapes:
-            queries: [U, D]; items: [N, D]
-        """
-        q, i = prefix_tables(queries, items, self.dim, normalize)
-        if self.hamming and self.codes_only:
-            return hamming_score_fn(q, i)
-        if self.hamming:
-            return hamming_cascade_fn(q, i, self.shortlist, exclude)
-        if self.coarse_dim is not None:
-            return prefix_cascade_fn(q, i, self.coarse_dim, self.shortlist, exclude, normalize)
-        return gemm_score_fn(q, i)
+from recsys.scoring.topk import CandidateScoreFunction, ScoreFunction, mask_rows_
 
 
 def prefix_tables(queries: Tensor, items: Tensor, dim: int | None, normalize: bool = False
@@ -188,7 +152,7 @@ class CascadeScore(CandidateScoreFunction):
         self.coarse, self.queries, self.items, self.shortlist = coarse, queries, items, shortlist
 
     def candidates(self, rows: Tensor, k: int, exclude) -> tuple[Tensor, Tensor]:
-        # The shortlist size is the cascade's own (``--shortlist``); k only bounds what the engine keeps.
+        # The shortlist size is the cascade's own (the spec's ``shortlist``); k only bounds what the engine keeps.
         return shortlist_candidates(self.coarse(rows), self.queries, self.items, rows, self.shortlist, exclude)
 
     def __call__(self, rows: Tensor, out: Tensor | None = None) -> Tensor:

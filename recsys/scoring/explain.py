@@ -100,33 +100,22 @@ class Explainer:
         return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values, type=self.field().type)
 
 
-def attach_explicit(job, explain: bool, index: str = "exact", index_options: dict | None = None) -> None:
-    """Give a scoring job an explanation column and/or an inverted-index top-k over its run's explicit tables.
+def attach_explicit(job) -> None:
+    """Give a scoring job the ``explanation`` column, computed from its run's stored explicit tables.
+
+    The top-k itself is the job's (exact, or through any ``--index`` such as ``seismic``); only the column is added.
 
     Args:
         job: the scoring job (:class:`recsys.scoring.batch._ScoringJob`); its ``run`` payload holds the tables.
-        explain: add the ``explanation`` column.
-        index: ``exact`` or ``seismic`` (the top-k from a Seismic inverted index over the item table).
-        index_options: keyword arguments of :class:`recsys.retrieval.SeismicIndex`.
 
     Raises:
         DataError: the run has no stored tables or no concept names (not an explicit-concept model).
-        ValueError: an unknown ``index``.
     """
     from recsys.errors import DataError
 
-    if index not in ("exact", "seismic"):
-        raise ValueError(f"index must be 'exact' or 'seismic', not {index!r}")
     payload = job.run.payload
     if payload.tables is None or not payload.concepts:
-        raise DataError("--explain and --index seismic need a model with explicit concept dimensions (e.g. SESA); "
-                        "this run stores no concept names", file=str(job.run.path / job.run.MODEL))
-    queries, items = payload.tables
-    if explain:
-        job.explainer = Explainer(queries, items, payload.concepts)
-        job.schema = job.schema.append(Explainer.field())
-    if index == "seismic":
-        from recsys.retrieval import SeismicIndex
-
-        built = SeismicIndex(**(index_options or {})).build(items)
-        job.index_topk = lambda rows: built.iter_topk(queries, rows, job.k, job.exclude)
+        raise DataError("--explain needs a model with explicit concept dimensions (e.g. SESA); this run stores no "
+                        "concept names", file=str(job.run.path / job.run.MODEL))
+    job.explainer = Explainer(*payload.tables, payload.concepts)
+    job.schema = job.schema.append(Explainer.field())

@@ -61,7 +61,7 @@ from recsys.scoring.topk import (
 __all__ = [
     "DenseIndex", "ExactSpec", "FaissIndex", "FaissSpec", "HammingIndex", "HammingSpec", "IndexSpec", "ItemIndex",
     "LowRankIndex", "LowRankSpec", "PrefixSpec", "QuantizedIndex", "QuantizedScore", "QuantizedSpec",
-    "SearchScore", "SeismicItemIndex", "SeismicSpec", "ServingTables", "parse_index_spec", "spec_for_retrieval",
+    "SearchScore", "SeismicItemIndex", "SeismicSpec", "ServingTables", "parse_index_spec",
 ]
 
 
@@ -778,17 +778,3 @@ def _format(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return "none" if v is None else str(v)
-
-
-def spec_for_retrieval(retrieval) -> IndexSpec:
-    """The index spec of a :class:`recsys.scoring.cascade.Retrieval` (the ``--dim/--coarse-dim/--hamming`` flags)."""
-    r = retrieval
-    if r is None or (r.dim is None and r.coarse_dim is None and not r.hamming):
-        return ExactSpec()
-    if r.hamming and r.codes_only:
-        return HammingSpec(bits=r.dim, codes_only=True)
-    if r.hamming:
-        return HammingSpec(shortlist=r.shortlist, dim=r.dim)
-    if r.coarse_dim is not None:
-        return PrefixSpec(r.dim, r.coarse_dim, r.shortlist)
-    return PrefixSpec(r.dim)

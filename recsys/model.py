@@ -11,7 +11,7 @@ from torch import Tensor
 
 from recsys.capabilities import EpochAware, NestedLoss
 from recsys.data.batch import Batch
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.losses import BPRLoss, Loss
 from recsys.recommender import EmbeddingModel, LightningFit
 from recsys.scorers import DotScorer, Scorer
@@ -47,7 +47,7 @@ class RecModel(L.LightningModule, EmbeddingModel):
         negatives: what the positive competes with (:mod:`recsys.training.negatives`; sampled when None).
     """
 
-    def __init__(self, encoder: RecEncoder, scorer: Scorer | None = None, loss: Loss | None = None,
+    def __init__(self, encoder: TwoSidedEncoder, scorer: Scorer | None = None, loss: Loss | None = None,
                  optimizer: OptimizerFactory | None = None, reg_weight: float = 0.0,
                  eval_ks: tuple[int, ...] = (10, 20), negatives: NegativeStrategy | None = None) -> None:
         super().__init__()

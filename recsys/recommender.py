@@ -125,7 +125,7 @@ class Recommender:
 class EmbeddingModel(Recommender):
     """The serving half of an encoder + scorer model: tables computed once, scores by one GEMM.
 
-    Mixed into modules that hold ``self.encoder`` (a ``RecEncoder``) and ``self.scorer`` (a ``Scorer``).
+    Mixed into modules that hold ``self.encoder`` (a ``TwoSidedEncoder``) and ``self.scorer`` (a ``Scorer``).
     """
 
     encoder: Any
@@ -169,7 +169,7 @@ class EmbeddingRecommender(nn.Module, EmbeddingModel):
     Its ``state_dict`` keys (``encoder.*``, ``scorer.*``) are those of the ``RecModel`` that trained the parts.
 
     Args:
-        encoder: a ``RecEncoder`` (bound, or bound by :meth:`fit`).
+        encoder: a ``TwoSidedEncoder`` (bound, or bound by :meth:`fit`).
         scorer: its ``Scorer``.
     """
 
@@ -184,7 +184,7 @@ def embedding_tables(encoder, scorer, data, up_to: str = "train", users: np.ndar
     """Scorer-prepared query and item tables, computed once (graph encoders propagate once).
 
     Args:
-        encoder: a bound ``RecEncoder``.
+        encoder: a bound ``TwoSidedEncoder``.
         scorer: the model's ``Scorer``.
         data: the ``PreparedData`` the encoder is bound to.
         up_to: which interactions form a query's history: ``train`` (validation), ``train+valid`` (test) or ``all``

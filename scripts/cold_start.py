@@ -159,12 +159,12 @@ def rebind(model_spec, trained, full, encoder_args: dict | None = None):
     import copy
 
     from recsys.config import build_component
-    from recsys.encoders.base import RecEncoder
+    from recsys.encoders.base import TwoSidedEncoder
     from recsys.recommender import EmbeddingRecommender
 
     spec = copy.deepcopy(model_spec["init_args"]["encoder"])
     spec.setdefault("init_args", {}).update(encoder_args or {})
-    enc = build_component(spec, RecEncoder, "the encoder spec")
+    enc = build_component(spec, TwoSidedEncoder, "the encoder spec")
     enc.bind(full)
     enc.load_state_dict(trained.encoder.state_dict(), strict=True)
     return EmbeddingRecommender(enc, trained.scorer).eval()

@@ -220,10 +220,10 @@ def test_typed_options_are_refused_at_parse_time_and_construction():
 
     from jsonargparse import ArgumentParser
 
-    from recsys.encoders import RecEncoder
+    from recsys.encoders import TwoSidedEncoder
 
     p = ArgumentParser(exit_on_error=False)
-    p.add_subclass_arguments(RecEncoder, "encoder")
+    p.add_subclass_arguments(TwoSidedEncoder, "encoder")
     for init_args in ({"init": "xavir"}, {"variant": {"class_path": "recsys.encoders.LightGCN"}}):
         with pytest.raises(ArgumentError, match="init|variant"):
             p.parse_object({"encoder": {"class_path": "recsys.encoders.NGCF", "init_args": init_args}})

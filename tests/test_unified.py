@@ -279,7 +279,7 @@ def test_layout_is_a_strategy_object_holding_only_its_own_arguments():
 
     from jsonargparse import ArgumentParser
 
-    from recsys.encoders import RecEncoder
+    from recsys.encoders import TwoSidedEncoder
 
     assert list(inspect.signature(UnifiedTables).parameters) == ["num_tables", "buckets_per_table"]
     assert list(inspect.signature(PerFeatureTables).parameters) == ["allocation"]
@@ -289,7 +289,7 @@ def test_layout_is_a_strategy_object_holding_only_its_own_arguments():
     with pytest.raises(ValueError, match="allocation must be one of 'water_filling', 'proportional'"):
         PerFeatureTables(allocation="equal")
     p = ArgumentParser(exit_on_error=False)
-    p.add_subclass_arguments(RecEncoder, "encoder")
+    p.add_subclass_arguments(TwoSidedEncoder, "encoder")
     spec = {"class_path": "recsys.encoders.FeatureTwoTower",
             "init_args": {"layout": {"class_path": "recsys.encoders.SingleHashTable", "init_args": {"buckets": 9}}}}
     enc = p.instantiate(p.parse_object({"encoder": spec})).encoder

@@ -1,9 +1,9 @@
 """Encoders: side encoders (rows → embeddings) and two-sided encoders (queries and items)."""
 
-from recsys.encoders.base import Encoder, RecEncoder, TwoTower
+from recsys.encoders.base import SideEncoder, TwoSidedEncoder, TwoTower
 from recsys.encoders.id import IDEmbedding, MatrixFactorization
 
-__all__ = ["Encoder", "RecEncoder", "TwoTower", "IDEmbedding", "MatrixFactorization"]
+__all__ = ["SideEncoder", "TwoSidedEncoder", "TwoTower", "IDEmbedding", "MatrixFactorization"]
 from recsys.encoders.graph import GraphEncoder  # noqa: E402  (torch_geometric is imported lazily inside)
 from recsys.encoders.lightgcn import LightGCN  # noqa: E402
 from recsys.encoders.ngcf import NGCF, NGCFVariant, OfficialNGCF, PaperNGCF  # noqa: E402

@@ -1,4 +1,4 @@
-"""Encoder interfaces: side encoders (rows → embeddings) and two-sided encoders (queries and items)."""
+"""Encoder interfaces: side encoders (rows of one side → embeddings) and two-sided encoders (queries and items)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from recsys.capabilities import StepOutput
 from recsys.data.batch import Batch
 
 
-class Encoder(nn.Module):
+class SideEncoder(nn.Module):
     """Maps rows of one side (users or items) to embeddings.
 
     Data-dependent sizes (how many rows, the training graph, item text) are never configured: ``bind`` receives
     the prepared data and allocates what depends on it, as Lightning's ``configure_model`` does for models.
-    Wrappers (hashing, low-rank, Matryoshka, quantization) wrap an Encoder and are still an Encoder.
+    Wrappers (hashing, low-rank, Matryoshka, quantization) wrap a SideEncoder and are still a SideEncoder.
 
     Shapes:
         rows: [...] int64 -> [..., out_dim]
@@ -35,7 +35,7 @@ class Encoder(nn.Module):
         return torch.zeros((), device=rows.device)
 
 
-class RecEncoder(nn.Module):
+class TwoSidedEncoder(nn.Module):
     """Embeds queries (users, with their history when needed) and items into one space.
 
     A training step calls one of two methods, each returning a :class:`~recsys.capabilities.StepOutput` (the
@@ -103,7 +103,7 @@ class RecEncoder(nn.Module):
         """Bytes to store one item's served representation (float32 unless a wrapper compresses it)."""
         return 4.0 * self.out_dim
 
-    def serving_extras(self, tables_of: Callable[[RecEncoder], tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    def serving_extras(self, tables_of: Callable[[TwoSidedEncoder], tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """Tables an item index needs beyond the served ones (``recsys.scoring.index.ServingTables``); none here.
 
         Called by ``recsys fit`` when it stores the model, so that ``--index lowrank`` / ``--index quantized`` can
@@ -149,7 +149,7 @@ class RecEncoder(nn.Module):
         return super().train(mode)
 
 
-class TwoTower(RecEncoder):
+class TwoTower(TwoSidedEncoder):
     """A query tower and an item tower that embed rows independently (MF when both are ID tables).
 
     Args:
@@ -157,7 +157,7 @@ class TwoTower(RecEncoder):
         item: the item-side encoder.
     """
 
-    def __init__(self, user: Encoder, item: Encoder) -> None:
+    def __init__(self, user: SideEncoder, item: SideEncoder) -> None:
         super().__init__()
         if user.out_dim != item.out_dim:
             raise ValueError(f"tower sizes differ: user {user.out_dim}, item {item.out_dim}")

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from recsys.capabilities import StepOutput
 from recsys.data.batch import Batch
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.wrapper import EncoderWrapper
 from recsys.losses import BPRLoss, Loss
 
@@ -64,7 +64,7 @@ class BinaryCodes(EncoderWrapper):
         batch.users: [B]; batch.items: [B, C] -> (query [B, D], items [B, C, D]) (floats)
     """
 
-    def __init__(self, encoder: RecEncoder, weight: float = 1.0, loss: Loss | None = None) -> None:
+    def __init__(self, encoder: TwoSidedEncoder, weight: float = 1.0, loss: Loss | None = None) -> None:
         super().__init__(encoder)
         self.weight = weight
         self.code_loss = loss if loss is not None else BPRLoss()

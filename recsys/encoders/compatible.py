@@ -19,7 +19,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from recsys.capabilities import ExplicitConcepts, StepOutput, UsesGallery
 from recsys.data.batch import Batch
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.wrapper import EncoderWrapper
 from recsys.losses import BPRLoss, Loss
 
@@ -42,7 +42,7 @@ class Compatible(UsesGallery, EncoderWrapper):
     #: the rotation mixes coordinates, so named concept dimensions do not survive it.
     refuses = (ExplicitConcepts,)
 
-    def __init__(self, encoder: RecEncoder, old_run: str | None = None, weight: float = 1.0,
+    def __init__(self, encoder: TwoSidedEncoder, old_run: str | None = None, weight: float = 1.0,
                  loss: Loss | None = None) -> None:
         super().__init__(encoder)
         self.old_run, self.weight = old_run, weight

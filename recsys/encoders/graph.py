@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.capabilities import ScoresAgainstTable, StepOutput
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice
 
 __all__ = ["Adjacency", "SpMM", "spmm", "sparse_mm", "SparsePolynomial", "sparse_polynomial", "bipartite_adjacency",
@@ -461,7 +461,7 @@ def init_embedding_(weight: Tensor, n_users: int, init: EmbeddingInit, std: floa
                 nn.init.xavier_normal_(part)
 
 
-class GraphEncoder(ScoresAgainstTable, RecEncoder):
+class GraphEncoder(ScoresAgainstTable, TwoSidedEncoder):
     """Base of encoders that propagate ego embeddings of users and items jointly over the user-item graph.
 
     One ego table holds users (rows ``[0, U)``) then items (rows ``[U, U + I)``), the node order of the adjacency,

@@ -1,4 +1,4 @@
-"""ID embedding tables: the plainest Encoder, and matrix factorisation built from two of them."""
+"""ID embedding tables: the plainest side encoder, and matrix factorisation built from two of them."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from recsys.encoders.base import Encoder, TwoTower
+from recsys.encoders.base import SideEncoder, TwoTower
 from recsys.encoders.choices import check_choice
 
 #: how an ID table starts (see :class:`IDEmbedding`).
 IDInit = Literal["normal", "xavier"]
 
 
-class IDEmbedding(Encoder):
+class IDEmbedding(SideEncoder):
     """One learned vector per row.
 
     Args:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.capabilities import EmbedsNewItems, ScoresAgainstTable, StepOutput
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice
 from recsys.encoders.graph import Adjacency, LightGCNPropagation, bipartite_adjacency
 from recsys.text.lm import Pooling, Reduction
@@ -146,7 +146,7 @@ def make_mapping(in_dim: int, out_dim: int, mapping: MappingKind, hidden_dim: in
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
 
 
-class AlphaRec(ScoresAgainstTable, EmbedsNewItems, RecEncoder):
+class AlphaRec(ScoresAgainstTable, EmbedsNewItems, TwoSidedEncoder):
     """AlphaRec: mapped frozen LM embeddings of users (history means) and items, smoothed by LightGCN propagation.
 
     ``E⁰ = f([mean_{i∈N(u)} z_i ; z_i])`` with ``z_i`` the LM embedding of item i's flattened text and ``f`` the
@@ -300,7 +300,7 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, RecEncoder):
         return F.normalize(out, dim=-1) if self.normalize_output else out
 
 
-class LinearProbe(EmbedsNewItems, RecEncoder):
+class LinearProbe(EmbedsNewItems, TwoSidedEncoder):
     """Linear probe of LM item embeddings: items are ``W z_i`` (bias-free), no graph.
 
     The AlphaRec paper's linear-mapping experiment (users = the mapped mean of their history, ``user="history"``);

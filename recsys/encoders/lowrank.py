@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.capabilities import ExplicitConcepts
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.wrapper import EncoderWrapper
 
 
@@ -41,7 +41,7 @@ class LowRank(EncoderWrapper):
     #: the basis mixes coordinates, so named concept dimensions do not survive it.
     refuses = (ExplicitConcepts,)
 
-    def __init__(self, encoder: RecEncoder, dim: int = 64, min_rank: int = 1, p_full: float = 0.25,
+    def __init__(self, encoder: TwoSidedEncoder, dim: int = 64, min_rank: int = 1, p_full: float = 0.25,
                  rank: int | None = None) -> None:
         super().__init__(encoder)
         self.max_rank = encoder.out_dim

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.wrapper import EncoderWrapper
 
 
@@ -29,7 +29,7 @@ class Matryoshka(EncoderWrapper):
         batch.users: [B]; batch.items: [B, C] -> (query [B, dim], items [B, C, dim])
     """
 
-    def __init__(self, encoder: RecEncoder, dim: int | None = None) -> None:
+    def __init__(self, encoder: TwoSidedEncoder, dim: int | None = None) -> None:
         super().__init__(encoder)
         self.set_dim(dim)
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from recsys.capabilities import EpochAware, StepOutput
 from recsys.data.batch import Batch
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice
 from recsys.encoders.wrapper import EncoderWrapper
 
@@ -46,7 +46,7 @@ class LatentQuantization(EpochAware, EncoderWrapper):
         batch.users: [B]; batch.items: [B, C] -> (query [B, D], items [B, C, D])
     """
 
-    def __init__(self, encoder: RecEncoder, levels: int = 16, sides: Sides = "item", weight: float = 1.0,
+    def __init__(self, encoder: TwoSidedEncoder, levels: int = 16, sides: Sides = "item", weight: float = 1.0,
                  commitment: float = 0.25, calibrate_epochs: int = 3) -> None:
         super().__init__(encoder)
         if not 2 <= levels <= 256:

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from recsys.capabilities import EpochAware
 from recsys.data.batch import Batch
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice, check_strategy
 from recsys.text.recformer_tokens import (
     TYPE_KEY,
@@ -282,7 +282,7 @@ def bert_to_longformer(weights: dict[str, Tensor], num_layers: int) -> dict[str,
     return out
 
 
-class Recformer(EpochAware, RecEncoder):
+class Recformer(EpochAware, TwoSidedEncoder):
     """Recformer: one Longformer embeds item texts and reversed item-text sequences (``<s>`` pooling).
 
     Li et al., "Text Is All You Need: Learning Language Representations for Sequential Recommendation", KDD 2023.

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from recsys.capabilities import EncodesPositions
 from recsys.data.batch import Batch
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 
 __all__ = ["SASRec", "SASRecBlock"]
 
@@ -59,7 +59,7 @@ class SASRecBlock(nn.Module):
         return self.ln2(x + self.drop(self.ff(x)))
 
 
-class SASRec(EncodesPositions, RecEncoder):
+class SASRec(EncodesPositions, TwoSidedEncoder):
     """SASRec: the query is the causal Transformer's output at the most recent history item.
 
     Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018 (RecBole's variant, see the module doc).

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from recsys.capabilities import ExplicitConcepts, StepOutput
 from recsys.data.concepts import Concepts, ConceptVocabulary
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice
 from recsys.encoders.language import TextFeatures, history_mean
 
@@ -66,7 +66,7 @@ def _sparse(m: sp.spmatrix) -> Tensor:
     return torch.sparse_coo_tensor(idx, torch.from_numpy(m.data), size=m.shape, check_invariants=False).coalesce()
 
 
-class SESA(ExplicitConcepts, RecEncoder):
+class SESA(ExplicitConcepts, TwoSidedEncoder):
     """Explicit-concept encoder: non-negative activations ``e_k = f(h · c_k + b_k) + softplus(γ_k)·declared_k``.
 
     Bogdanova & Yazdani, "SESA: Supervised Explicit Semantic Analysis", arXiv:1708.03246, 2017.
@@ -214,7 +214,7 @@ class SESA(ExplicitConcepts, RecEncoder):
             h = h + self.user_residual(users)
         return self._explicit(h, self.user_bias, declared)
 
-    # ------------------------------------------------------------------------------------------------ RecEncoder
+    # ------------------------------------------------------------------------------------------------ TwoSidedEncoder
     def propagate(self) -> tuple[Tensor, Tensor]:
         dev = self.lm_items.device
         items = self.item_activations(torch.arange(self._n_items, device=dev))

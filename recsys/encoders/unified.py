@@ -15,7 +15,7 @@ differ only in where lookups land:
   the feature's share of the budget holds its vocabulary, hashed otherwise;
 * :class:`SingleHashTable`: one shared table, one hashed probe per feature (feature hashing without chunks).
 
-A :class:`FeatureEmbedding` is an :class:`~recsys.encoders.base.Encoder` (rows → embeddings), so any pair plugs
+A :class:`FeatureEmbedding` is an :class:`~recsys.encoders.base.SideEncoder` (rows → embeddings), so any pair plugs
 into ``TwoTower``; :class:`FeatureTwoTower` builds the user-features + user-ID and item-features + item-ID towers of
 the paper's retrieval experiments. Multi-valued features are pooled (mean or sum) with ``embedding_bag``; the
 per-feature outputs are concatenated or summed and projected to ``out_dim``.
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.data.features import FeatureSpec, JaggedFeature, as_specs, default_features, encode_features
-from recsys.encoders.base import Encoder, TwoTower
+from recsys.encoders.base import SideEncoder, TwoTower
 from recsys.encoders.choices import check_choice, check_strategy
 from recsys.encoders.hashing import UniversalHash
 
@@ -197,7 +197,7 @@ class SingleHashTable(TableLayout):
         return TablePlan([(b, width)], probes, dict.fromkeys(features, b))
 
 
-class FeatureEmbedding(Encoder):
+class FeatureEmbedding(SideEncoder):
     """Embeds a side's features through lookup tables; the layout strategy chooses which table and which row.
 
     ``bind`` encodes the side's features once (:func:`recsys.data.features.encode_features`), asks the layout

@@ -1,9 +1,9 @@
-"""The base of encoder wrappers: a RecEncoder around another RecEncoder that maps its output embeddings.
+"""The base of encoder wrappers: a TwoSidedEncoder around another TwoSidedEncoder that maps its output embeddings.
 
 Factorization modules (Matryoshka prefixes, low-rank tables, binary and quantized codes, backward-compatible
 bases) change what an embedding *is*, not how it is computed, so each one wraps any two-sided encoder (MF, a graph
-encoder, a text encoder, a unified or SESA encoder) and stays a ``RecEncoder``: the model, the evaluator and batch
-scoring see no difference. Wrapping the two-sided encoder, not one side's ``Encoder``, is what lets joint encoders
+encoder, a text encoder, a unified or SESA encoder) and stays a ``TwoSidedEncoder``: the model, the evaluator and batch
+scoring see no difference. Wrapping the two-sided encoder, not one side's ``SideEncoder``, is what lets joint encoders
 (LightGCN propagates users and items together) be wrapped at all; for MF, a ``TwoTower`` of ID tables, it is the
 same as wrapping each side.
 
@@ -31,13 +31,13 @@ from recsys.capabilities import (
     UsesGallery,
 )
 from recsys.data.batch import Batch
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-class EncoderWrapper(RecEncoder):
+class EncoderWrapper(TwoSidedEncoder):
     """Delegates everything to ``encoder`` and passes both sides' embeddings through :meth:`transform`.
 
     Subclasses override :meth:`transform` (and :meth:`bind_wrapper` for data-dependent state, :meth:`step_state`
@@ -55,7 +55,7 @@ class EncoderWrapper(RecEncoder):
     #: capabilities this wrapper's mapping cannot keep (construction fails when the inner encoder has one).
     refuses: tuple[type, ...] = ()
 
-    def __new__(cls, encoder: RecEncoder | None = None, *args: Any, **kwargs: Any):
+    def __new__(cls, encoder: TwoSidedEncoder | None = None, *args: Any, **kwargs: Any):
         inner = encoder if encoder is not None else kwargs.get("encoder")
         caps = tuple(c for c in CAPABILITIES if isinstance(inner, c) and not issubclass(cls, c))
         refused = [c.__name__ for c in caps if c in cls.refuses]
@@ -64,7 +64,7 @@ class EncoderWrapper(RecEncoder):
                              f"wrapped encoder's {', '.join(refused)} capability")
         return super().__new__(_with_delegates(cls, caps))
 
-    def __init__(self, encoder: RecEncoder) -> None:
+    def __init__(self, encoder: TwoSidedEncoder) -> None:
         super().__init__()
         self.encoder = encoder
         self.out_dim = encoder.out_dim
@@ -137,7 +137,7 @@ class EncoderWrapper(RecEncoder):
         state = self._state()
         return self.wrap_step(batch, self.encoder.catalogue_step(batch, per_position), state)
 
-    # RecEncoder interface, delegated.
+    # TwoSidedEncoder interface, delegated.
     def bind(self, data) -> None:
         self.encoder.bind(data)
         # Some widths come from the data (SESA: one dimension per concept), known only now.

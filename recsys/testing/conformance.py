@@ -21,7 +21,7 @@ def _embeddings(out) -> tuple:
 
 
 class EncoderConformance:
-    """Contract tests for a ``RecEncoder``. Subclasses implement :meth:`make_encoder`.
+    """Contract tests for a ``TwoSidedEncoder``. Subclasses implement :meth:`make_encoder`.
 
     The checkerboard test trains through ``RecModel`` and a Lightning ``Trainer`` (Adam, the class attributes
     ``scorer``, ``loss``, ``negatives``, ``num_negatives``, ``reg_weight``, ``lr``, ``weight_decay``) and asks for a

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from recsys.data.batch import Batch
 from recsys.data.examples import ExampleBuilder
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.scorers import Scorer
 from recsys.training.negatives import SampledNegatives, Step
 
@@ -40,7 +40,7 @@ class HardNegatives(SampledNegatives):
             raise ValueError(f"HardNegatives keep must be at least 1, got {keep}")
         self.keep = keep
 
-    def check(self, encoder: RecEncoder, examples: ExampleBuilder, num_negatives: int) -> None:
+    def check(self, encoder: TwoSidedEncoder, examples: ExampleBuilder, num_negatives: int) -> None:
         super().check(encoder, examples, num_negatives)
         if num_negatives < self.keep:
             raise ValueError(f"HardNegatives keeps the {self.keep} hardest of data.loader.num_negatives candidates, "

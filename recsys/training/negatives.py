@@ -15,7 +15,7 @@ from torch import Tensor
 from recsys.capabilities import EncodesPositions, ScoresAgainstTable, StepOutput
 from recsys.data.batch import Batch
 from recsys.data.examples import ExampleBuilder, Sequences
-from recsys.encoders.base import RecEncoder
+from recsys.encoders.base import TwoSidedEncoder
 from recsys.scorers import Scorer
 
 __all__ = ["FullCatalogue", "InBatchNegatives", "NegativeStrategy", "SampledNegatives", "Step"]
@@ -40,7 +40,7 @@ class Step:
 class NegativeStrategy:
     """Embeds a training batch and scores its positive (column 0 of ``batch.items``) against negatives."""
 
-    def check(self, encoder: RecEncoder, examples: ExampleBuilder, num_negatives: int) -> None:
+    def check(self, encoder: TwoSidedEncoder, examples: ExampleBuilder, num_negatives: int) -> None:
         """Refuse settings of the data loader this strategy cannot work with (a one-line ``ValueError``).
 
         Args:
@@ -52,7 +52,7 @@ class NegativeStrategy:
             raise ValueError(f"data.loader.examples Sequences (one target per history position) needs "
                              f"model.init_args.negatives: recsys.training.FullCatalogue, not {type(self).__name__}")
 
-    def embed(self, encoder: RecEncoder, batch: Batch) -> Step:
+    def embed(self, encoder: TwoSidedEncoder, batch: Batch) -> Step:
         raise NotImplementedError
 
     def score(self, scorer: Scorer, batch: Batch, step: Step, dim: int | None = None) -> tuple[Tensor, Tensor]:
@@ -79,7 +79,7 @@ class SampledNegatives(NegativeStrategy):
     score: the GEMM wins below ~100 × C items).
     """
 
-    def embed(self, encoder: RecEncoder, batch: Batch) -> Step:
+    def embed(self, encoder: TwoSidedEncoder, batch: Batch) -> Step:
         if isinstance(encoder, ScoresAgainstTable) and encoder.n_items <= 100 * batch.items.shape[1]:
             return Step(encoder.training_tables(batch), batch.items)
         return Step(encoder(batch))
@@ -96,7 +96,7 @@ class SampledNegatives(NegativeStrategy):
 class InBatchNegatives(NegativeStrategy):
     """The other rows' positives, plus any sampled columns; a duplicate of the row's own positive is masked."""
 
-    def embed(self, encoder: RecEncoder, batch: Batch) -> Step:
+    def embed(self, encoder: TwoSidedEncoder, batch: Batch) -> Step:
         return Step(encoder(batch))
 
     def score(self, scorer: Scorer, batch: Batch, step: Step, dim: int | None = None) -> tuple[Tensor, Tensor]:
@@ -120,7 +120,7 @@ class FullCatalogue(NegativeStrategy):
     :class:`~recsys.capabilities.EncodesPositions`): SASRec's original all-positions training.
     """
 
-    def check(self, encoder: RecEncoder, examples: ExampleBuilder, num_negatives: int) -> None:
+    def check(self, encoder: TwoSidedEncoder, examples: ExampleBuilder, num_negatives: int) -> None:
         if num_negatives:
             raise ValueError(f"model.init_args.negatives FullCatalogue scores every item, so data.loader.num_negatives "
                              f"must be 0 (got {num_negatives}: the sampled columns would be ignored)")
@@ -128,7 +128,7 @@ class FullCatalogue(NegativeStrategy):
             raise ValueError(f"data.loader.examples Sequences needs an encoder that embeds every history position "
                              f"(EncodesPositions); {type(encoder).__name__} does not")
 
-    def embed(self, encoder: RecEncoder, batch: Batch) -> Step:
+    def embed(self, encoder: TwoSidedEncoder, batch: Batch) -> Step:
         per_position = (batch.history is not None and batch.items.shape[1] > 1
                         and batch.items.shape == batch.history.shape)
         out = encoder.catalogue_step(batch, per_position)

@@ -4,8 +4,9 @@ A run's ``config.yaml`` is what the fit parser dumped at fit time. Loading a run
 with the same declaration (:func:`add_model_arguments`: ``RecModel`` / ``Baseline`` for the model,
 ``TwoSidedEncoder`` for its encoder, ``Scorer``, ``Loss``, ... below it), so a ``class_path`` outside them (say
 ``subprocess.run``) is refused before anything is called. Only the model is instantiated on load, so only it is
-validated: the ``data`` and ``trainer`` sections describe how the run was fitted, and a later Lightning that renamed
-a Trainer option must not make finished runs unloadable. Lightning (which ``RecModel`` needs) is imported only when a parser is built.
+validated: the ``data`` and ``trainer`` sections describe how the run was fitted, and a later Lightning that
+renamed a Trainer option must not make finished runs unloadable. Lightning (which ``RecModel`` needs) is imported
+only when a parser is built.
 """
 
 from __future__ import annotations

@@ -262,6 +262,9 @@ class GemmScore(RescoringScoreFunction):
             q_table, i_table = self._tables(self.queries.dtype)
             return q_table[rows] @ i_table
         q_table, i_table = self._tables(out.dtype)
+        if out.device != q_table.device:
+            # Tables on an accelerator (validation during GPU training), the engine's buffer on the host.
+            return out.copy_(q_table[rows.to(q_table.device)] @ i_table)
         return torch.mm(q_table[rows], i_table, out=out)
 
     def exact(self, rows: Tensor, cand: Tensor) -> Tensor:

@@ -212,3 +212,16 @@ def test_explain_through_matryoshka_sesa(tiny_lm, tmp_path):
     assert main(["score", "--run-dir", str(run), "--out", str(out), "--k", "5", "--explain"]) == 0
     t = pq.read_table(out).to_pandas()
     assert "explanation" in t.columns and len(t) > 0
+
+
+def test_wrappers_with_delegates_pickle():
+    """The classes with delegates are made at run time; pickling rebuilds them from (declared class, capabilities)."""
+    import pickle
+
+    torch.manual_seed(0)
+    data = checkerboard()
+    enc = Matryoshka(LightGCN(dim=8, n_layers=2), dim=4)
+    enc.bind(data)
+    back = pickle.loads(pickle.dumps(enc))
+    assert type(back).__name__ == "Matryoshka" and capabilities_of(back) == (ScoresAgainstTable,)
+    torch.testing.assert_close(back.item_table(), enc.item_table())

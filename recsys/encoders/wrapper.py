@@ -64,6 +64,11 @@ class EncoderWrapper(TwoSidedEncoder):
                              f"wrapped encoder's {', '.join(refused)} capability")
         return super().__new__(_with_delegates(cls, caps))
 
+    def __reduce_ex__(self, protocol):
+        # The class with delegates is made at run time: pickle it as (declared class, capabilities) and rebuild.
+        base, caps = type(self).__dict__.get("_declared", (type(self), ()))
+        return _rebuild, (base, caps), self.__getstate__()
+
     def __init__(self, encoder: TwoSidedEncoder) -> None:
         super().__init__()
         self.encoder = encoder
@@ -241,5 +246,11 @@ def _with_delegates(cls: type, caps: tuple[type, ...]) -> type:
         mixins = tuple(DELEGATES[c] for c in caps)
         # Same name and module as ``cls``: error messages, reprs and configs show the wrapper the user wrote.
         _CLASSES[key] = type(cls.__name__, (*mixins, cls), {"__module__": cls.__module__,
-                                                            "__qualname__": cls.__qualname__})
+                                                            "__qualname__": cls.__qualname__,
+                                                            "_declared": (cls, caps)})
     return _CLASSES[key]
+
+
+def _rebuild(cls: type, caps: tuple[type, ...]):
+    """An empty instance of ``cls`` with the delegates of ``caps`` (unpickling; the state is set afterwards)."""
+    return object.__new__(_with_delegates(cls, caps))

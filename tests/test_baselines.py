@@ -312,3 +312,34 @@ def test_every_baseline_saves_and_loads_through_a_run(name, blocks, fitted, fit_
         torch.testing.assert_close(payload.queries @ payload.items.T, all_scores(model, data.n_users))
     loaded = Run.open(run.path).recommender()
     assert torch.equal(all_scores(loaded, data.n_users), all_scores(model, data.n_users))
+
+
+# The shared contract (recsys.testing.BaselineConformance), one class per baseline.
+from recsys.testing import BaselineConformance  # noqa: E402
+
+
+class TestALSConformance(BaselineConformance):
+    def make_model(self):
+        return ALS(factors=4, regularization=0.1, alpha=10.0, iterations=15)
+
+
+class TestBPRConformance(BaselineConformance):
+    def make_model(self):
+        return BPR(factors=4, learning_rate=0.05, regularization=0.01, iterations=200)
+
+
+class TestItemKNNConformance(BaselineConformance):
+    def make_model(self):
+        return ItemKNN(k=20, similarity="cosine")
+
+
+class TestEASEConformance(BaselineConformance):
+    def make_model(self):
+        return EASE(l2=1.0)
+
+
+class TestMostPopularConformance(BaselineConformance):
+    learns_checkerboard = False  # one list for everybody: it cannot separate the groups
+
+    def make_model(self):
+        return MostPopular()

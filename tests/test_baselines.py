@@ -18,6 +18,7 @@ from recsys.data.prepared import PreparedData
 from recsys.data.vocab import Vocabulary
 from recsys.metrics.evaluate import evaluate
 from recsys.scoring.topk import topk
+from recsys.testing import BaselineConformance
 
 USERS_PER_GROUP, ITEMS_PER_GROUP = 10, 6
 
@@ -315,7 +316,6 @@ def test_every_baseline_saves_and_loads_through_a_run(name, blocks, fitted, fit_
 
 
 # The shared contract (recsys.testing.BaselineConformance), one class per baseline.
-from recsys.testing import BaselineConformance  # noqa: E402
 
 
 class TestALSConformance(BaselineConformance):

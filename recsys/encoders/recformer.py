@@ -328,7 +328,7 @@ class Recformer(EpochAware, TwoSidedEncoder):
         self.pooling = pooling
         check_strategy("item_table", item_table, ItemTableMode)
         self.model_path, self.init_from, self.cache_dir = model, init_from, cache_dir
-        # Run directories rebuild encoders from plain YAML (recsys.runs.instantiate): dataclasses arrive as dicts.
+        # Python callers may pass the nested dataclasses as plain dicts (e.g. from YAML they loaded themselves).
         backbone = Backbone(**backbone) if isinstance(backbone, dict) else backbone
         tokens = TokenOptions(**tokens) if isinstance(tokens, dict) else tokens
         self.options = tokens or TokenOptions()

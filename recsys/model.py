@@ -59,6 +59,7 @@ class RecModel(L.LightningModule, EmbeddingModel):
         self.eval_ks = tuple(eval_ks)
         self.negatives = negatives if negatives is not None else SampledNegatives()
         self.data = None
+        self.eval_chunk: int | None = None
         self._bound = False
         self.epoch_times: list[float] = []
 
@@ -85,6 +86,7 @@ class RecModel(L.LightningModule, EmbeddingModel):
             raise RuntimeError("RecModel needs a RecDataModule (trainer.fit(model, datamodule=...))")
         self.negatives.check(self.encoder, dm.loader.example_builder(), dm.loader.num_negatives)
         self.bind(dm.prepare())
+        self.eval_chunk = dm.loader.eval_batch_size
         if not dm.history_len:
             dm.history_len = self.encoder.history_len
 
@@ -127,15 +129,16 @@ class RecModel(L.LightningModule, EmbeddingModel):
         return loss
 
     # Full-ranking validation: the same evaluator as `recsys evaluate`, once per validation pass.
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Nothing per batch: :meth:`on_validation_epoch_end` ranks every validation user in one pass."""
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """Nothing per batch (the loader has one placeholder): :meth:`on_validation_epoch_end` ranks every
+        validation user in one pass."""
 
     def on_validation_epoch_end(self) -> None:
         from recsys.metrics.evaluate import evaluate
 
         if self.trainer.sanity_checking:
             return
-        metrics = evaluate(self, self.data, "valid", self.eval_ks)
+        metrics = evaluate(self, self.data, "valid", self.eval_ks, chunk_size=self.eval_chunk)
         headline = f"ndcg@{max(self.eval_ks)}"
         self.log_dict({f"valid/{k}": v for k, v in metrics.items() if k != headline}, sync_dist=False)
         self.log(f"valid/{headline}", metrics[headline], prog_bar=True, sync_dist=False)

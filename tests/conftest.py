@@ -48,3 +48,21 @@ def mf_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("mf") / "run"
     assert main(fit_args("mf_bpr.yaml", run, epochs=3)) == 0
     return run
+
+
+def write_new_items(run, path, n: int = 2):
+    """``n`` items unseen in training, described like the run's trained ones, written as a CSV side table.
+
+    IDs take the catalogue's type; list attributes become ``a|b`` strings, as in a CSV. Returns the table written.
+    """
+    import numpy as np
+    import pandas as pd
+
+    trained = pd.read_parquet(Path(run) / "data" / "items.parquet")
+    new = trained.head(n).copy()
+    new["item"] = [f"new-{i}" if trained["item"].dtype == object else 10**9 + i for i in range(n)]
+    for col in new.columns:
+        if col != "item" and isinstance(new[col].iloc[0], (list, np.ndarray)):
+            new[col] = ["|".join(map(str, v)) for v in new[col]]
+    new.to_csv(path, index=False)
+    return new

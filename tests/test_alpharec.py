@@ -19,7 +19,7 @@ from recsys.losses import SoftmaxLoss
 from recsys.scorers import CosineScorer
 from recsys.testing import EncoderConformance, checkerboard
 from recsys.text.lm import STATS
-from tests.conftest import fit_args
+from tests.conftest import fit_args, write_new_items
 from tests.test_text import make_tiny_bert
 
 
@@ -157,13 +157,7 @@ def test_score_ranks_new_items_from_their_side_table(tiny_lm, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(fit_args("alpharec.yaml", run, *extra, epochs=1)) == 0
     trained = pd.read_parquet(run / "data" / "items.parquet")
-    # Two unseen items described like trained ones; list attributes given as "a|b" strings, as in a CSV.
-    new = trained.head(2).copy()
-    new["item"] = [f"new-{i}" if trained["item"].dtype == object else 10**9 + i for i in range(2)]
-    for col in new.columns:
-        if col != "item" and isinstance(new[col].iloc[0], (list, np.ndarray)):
-            new[col] = ["|".join(map(str, v)) for v in new[col]]
-    new.to_csv(tmp_path / "new.csv", index=False)
+    new = write_new_items(run, tmp_path / "new.csv")
     n_items = len(trained)
     out = tmp_path / "top.parquet"
     assert main(["score", "--run-dir", str(run), "--out", str(out), "--k", str(n_items + 2), "--keep-seen",

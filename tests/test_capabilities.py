@@ -3,11 +3,10 @@
 A wrapper that cannot honour a capability refuses the encoder at construction; it never drops one silently.
 """
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, fit_args
+from conftest import REPO, fit_args, write_new_items
 from test_text import make_tiny_bert
 
 from recsys.capabilities import (
@@ -185,12 +184,7 @@ def test_new_items_through_matryoshka_alpharec(tiny_lm, tmp_path):
     args[args.index("--config") + 1] = cfg
     assert main(args) == 0
     trained = pd.read_parquet(run / "data" / "items.parquet")
-    new = trained.head(2).copy()
-    new["item"] = [f"new-{i}" if trained["item"].dtype == object else 10**9 + i for i in range(2)]
-    for col in new.columns:
-        if col != "item" and isinstance(new[col].iloc[0], (list, np.ndarray)):
-            new[col] = ["|".join(map(str, v)) for v in new[col]]
-    new.to_csv(tmp_path / "new.csv", index=False)
+    new = write_new_items(run, tmp_path / "new.csv")
     out = tmp_path / "top.parquet"
     assert main(["score", "--run-dir", str(run), "--out", str(out), "--k", str(len(trained) + 2), "--keep-seen",
                  "--new-items", str(tmp_path / "new.csv")]) == 0

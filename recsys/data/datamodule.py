@@ -26,7 +26,7 @@ class Loader:
         batch_size: training interactions per batch.
         num_negatives: sampled negatives per positive.
         negatives: ``uniform`` or ``popularity`` sampling, always excluding the user's training items.
-        eval_batch_size: users per evaluation chunk.
+        eval_batch_size: users per scoring chunk of validation.
         history_len: history items per query for encoders that read histories (0 = the encoder's own length).
         examples: what a training example is (:mod:`recsys.data.examples`): ``Pairs`` (user, positive,
             negatives), ``Prefixes`` (every prefix of a user's chronological training sequence predicts its next
@@ -85,26 +85,6 @@ class TrainBatches(Dataset):
         return Batch(torch.from_numpy(users), torch.from_numpy(items), hist)
 
 
-class UserChunks(Dataset):
-    """Evaluation queries: the users with held-out items in a split, in chunks, with histories when needed."""
-
-    def __init__(self, data: PreparedData, split: str, chunk: int, history_len: int = 0) -> None:
-        rel = data.csr(split)
-        self.users = np.flatnonzero(np.diff(rel.indptr) > 0)
-        self.data, self.chunk, self.history_len = data, chunk, history_len
-        self.up_to = "train" if split == "valid" else "train+valid"
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.users) / self.chunk)
-
-    def __getitem__(self, b: int) -> Batch:
-        users = self.users[b * self.chunk:(b + 1) * self.chunk]
-        hist = None
-        if self.history_len:
-            hist = torch.from_numpy(self.data.history(users, self.up_to, self.history_len))
-        return Batch(torch.from_numpy(users), None, hist)
-
-
 class RecDataModule(L.LightningDataModule):
     """Loads a dataset by name, prepares it once, and exposes the sizes and matrices models bind to.
 
@@ -145,11 +125,9 @@ class RecDataModule(L.LightningDataModule):
         return DataLoader(self.train_set, batch_size=None, shuffle=False, collate_fn=_identity)
 
     def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("valid")
-
-    def _eval_loader(self, split: str) -> DataLoader:
-        ds = UserChunks(self.prepare(), split, self.loader.eval_batch_size, self.history_len)
-        return DataLoader(ds, batch_size=None, shuffle=False, collate_fn=_identity)
+        # One placeholder step per validation pass: RecModel ranks every validation user at the pass's end, through
+        # the same evaluator as `recsys evaluate`, so per-batch query batches would be built for nothing.
+        return DataLoader([0], batch_size=None, shuffle=False)
 
 
 def _identity(x):

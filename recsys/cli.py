@@ -85,15 +85,33 @@ def cmd_fit(argv: list[str]) -> int:
     from recsys.metrics.evaluate import evaluate
 
     t1 = time.perf_counter()
-    test = evaluate(model, data, "test", per_user_out=run.artifact("per_user_test.parquet"))
+    per_user = run.artifact("per_user_test.parquet") if data.has_split("test") else None
+    test = evaluate(model, data, "test", per_user_out=per_user)
     eval_s = time.perf_counter() - t1
     valid = evaluate(model, data, "valid")
     run.write_json("metrics.json", test)
     run.write_json("valid_metrics.json", valid)
     run.write_json("timing.json", {"fit_s": fit_s, "test_eval_s": eval_s, **stats, "peak_rss_mib": _peak_rss_mib()})
+    _plot_curves(run)
     print(f"[recsys] fit {fit_s:.1f} s, test evaluation {eval_s:.2f} s; run directory {run_dir}")
-    print("test metrics:\n" + format_metrics(test), flush=True)
+    if test:
+        print("test metrics:\n" + format_metrics(test), flush=True)
+    else:
+        print("[recsys] no test interactions: metrics.json is empty", flush=True)
     return 0
+
+
+def _plot_curves(run) -> None:
+    """``learning_curve.png`` from the run's CSV log, when the run has one."""
+    log_csv = run.path / "logs" / "metrics.csv"
+    if not log_csv.exists():
+        return
+    from recsys.plots import plot_learning_curve
+
+    try:
+        plot_learning_curve(log_csv, run.path / "learning_curve.png")
+    except ImportError as e:
+        print(f"[recsys] no learning_curve.png ({e})", file=sys.stderr)
 
 
 def _hand_over_gallery(model, data) -> None:
@@ -135,12 +153,30 @@ def _fit_lightning(init, cfg, model, dm, run) -> dict:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    monitor = cfg.early_stopping.monitor
-    ckpt = ModelCheckpoint(dirpath=run.checkpoints_dir, filename="best", monitor=monitor, mode="max",
-                           save_top_k=1, save_weights_only=True, enable_version_counter=False)
-    stop = EarlyStopping(monitor=monitor, mode="max", patience=cfg.early_stopping.patience)
+    data = dm.prepare()
     targs = dict(vars(init.trainer))
-    targs["callbacks"] = list(targs.get("callbacks") or []) + [ckpt, stop]
+    callbacks = list(targs.get("callbacks") or [])
+    if data.has_split("valid"):
+        monitor = cfg.early_stopping.monitor
+        ckpt = ModelCheckpoint(dirpath=run.checkpoints_dir, filename="best", monitor=monitor, mode="max",
+                               save_top_k=1, save_weights_only=True, enable_version_counter=False)
+        callbacks += [ckpt, EarlyStopping(monitor=monitor, mode="max", patience=cfg.early_stopping.patience)]
+    else:
+        # A train/test benchmark (the papers' protocol): a fixed number of epochs, the last one kept, and the test
+        # split ranked every ``check_val_every_n_epoch`` epochs as a learning curve only.
+        ckpt = ModelCheckpoint(dirpath=run.checkpoints_dir, filename="last", monitor=None, save_top_k=1,
+                               save_weights_only=True, enable_version_counter=False)
+        callbacks.append(ckpt)
+        every = targs.get("check_val_every_n_epoch") or 1
+        if data.has_split("test"):
+            print(f"[recsys] no validation part: {targs.get('max_epochs')} epochs without early stopping; test "
+                  f"metrics every {every} epochs are logged as test_monitor/* (test-set monitoring, not used for "
+                  "model selection; --data.split.valid_from_train 0.1 carves a validation part)", flush=True)
+        else:
+            print(f"[recsys] no validation or test part: {targs.get('max_epochs')} epochs, no evaluation",
+                  flush=True)
+            targs["limit_val_batches"] = 0
+    targs["callbacks"] = callbacks
     if targs.get("logger") in (None, True):
         targs["logger"] = CSVLogger(save_dir=str(run.path), name="logs", version="")
     targs.setdefault("default_root_dir", str(run.path))

@@ -35,7 +35,10 @@ class RecModel(L.LightningModule, EmbeddingModel):
 
     Validation: embeddings are computed once per pass, every item is ranked for each validation user (training
     items excluded) by the same evaluator as ``recsys evaluate`` (:func:`recsys.metrics.evaluate.evaluate`), and
-    its metrics are logged as ``valid/<metric>@<k>``.
+    its metrics are logged as ``valid/<metric>@<k>``. Data without a validation part (a train/test benchmark such
+    as the NGCF/LightGCN Gowalla files) is monitored on test instead, as the papers' training loops do, logged as
+    ``test_monitor/<metric>@<k>``: a learning curve, never a model-selection signal (``recsys fit`` then trains a
+    fixed number of epochs).
 
     Args:
         encoder: the two-sided encoder (MF, a graph encoder, a text encoder, ...).
@@ -60,6 +63,8 @@ class RecModel(L.LightningModule, EmbeddingModel):
         self.negatives = negatives if negatives is not None else SampledNegatives()
         self.data = None
         self.eval_chunk: int | None = None
+        # Bound from the data in ``configure_model``: what validation passes rank ("valid", or "test" to monitor).
+        self.monitor_split = "valid"
         self._bound = False
         self.epoch_times: list[float] = []
 
@@ -85,7 +90,9 @@ class RecModel(L.LightningModule, EmbeddingModel):
         if not isinstance(dm, RecDataModule):
             raise RuntimeError("RecModel needs a RecDataModule (trainer.fit(model, datamodule=...))")
         self.negatives.check(self.encoder, dm.loader.example_builder(), dm.loader.num_negatives)
-        self.bind(dm.prepare())
+        data = dm.prepare()
+        self.bind(data)
+        self.monitor_split = "valid" if data.has_split("valid") else "test"
         self.eval_chunk = dm.loader.eval_batch_size
         if not dm.history_len:
             dm.history_len = self.encoder.history_len
@@ -138,7 +145,10 @@ class RecModel(L.LightningModule, EmbeddingModel):
 
         if self.trainer.sanity_checking:
             return
-        metrics = evaluate(self, self.data, "valid", self.eval_ks, chunk_size=self.eval_chunk)
+        metrics = evaluate(self, self.data, self.monitor_split, self.eval_ks, chunk_size=self.eval_chunk)
+        if not metrics:
+            return
+        prefix = "valid" if self.monitor_split == "valid" else "test_monitor"
         headline = f"ndcg@{max(self.eval_ks)}"
-        self.log_dict({f"valid/{k}": v for k, v in metrics.items() if k != headline}, sync_dist=False)
-        self.log(f"valid/{headline}", metrics[headline], prog_bar=True, sync_dist=False)
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items() if k != headline}, sync_dist=False)
+        self.log(f"{prefix}/{headline}", metrics[headline], prog_bar=True, sync_dist=False)

@@ -35,7 +35,7 @@ def ml_small() -> Path:
 def fit_args(config: str, run_dir, *extra: str, epochs: int = 2) -> list[str]:
     """Arguments for a quick `recsys fit` on tiny synthetic data."""
     return ["fit", "--config", str(REPO / "configs" / config), "--run-dir", str(run_dir),
-            "--data.dataset", "synthetic", "--data.options", TINY_SYNTHETIC,
+            "--data.dataset", "synthetic", "--data.path", "null", "--data.options", TINY_SYNTHETIC,
             "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", *extra]
 

@@ -1,4 +1,5 @@
-"""Every config in configs/ trains (one fast_dev_run step, or a full closed-form fit) on tiny synthetic data."""
+"""Every config under configs/ (configs/paper/ included) trains (one fast_dev_run step, or a full closed-form fit) on
+tiny synthetic data."""
 
 import json
 from pathlib import Path
@@ -8,7 +9,7 @@ from conftest import REPO, fit_args
 
 from recsys.cli import main
 
-CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("config", CONFIGS)

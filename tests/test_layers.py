@@ -67,6 +67,7 @@ LAYERS = {
     "recsys.baselines.*": "serving",  # a Baseline is a Recommender (recsys.recommender), fitted without Lightning
     "recsys.training.*": "serving",
     "recsys.config": "serving",
+    "recsys.plots": "serving",
     "recsys.runs": "serving",
     "recsys.recommender": "serving",
     "recsys.metrics.evaluate": "serving",

@@ -29,7 +29,8 @@ class Loader:
         eval_batch_size: users per scoring chunk of validation.
         history_len: history items per query for encoders that read histories (0 = the encoder's own length).
         examples: what a training example is (:mod:`recsys.data.examples`): ``Pairs`` (user, positive,
-            negatives), ``Prefixes`` (every prefix of a user's chronological training sequence predicts its next
+            negatives, one example per training interaction), ``UserUniform`` (uniform users first, the official
+            NGCF/LightGCN sampler), ``Prefixes`` (every prefix of a user's chronological training sequence predicts its next
             item; ``per_user: true``: one random prefix per user per epoch, as Recformer's fine-tuning) or
             ``Sequences`` (SASRec's all-positions training); None means ``Pairs``.
     """
@@ -79,6 +80,51 @@ class TrainBatches(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, b, 1])
         negs = self.sampler.sample(users, self.loader.num_negatives, rng)
         items = np.concatenate([self.items[idx, None], negs], axis=1)
+        hist = None
+        if self.history_len:
+            hist = torch.from_numpy(self.data.history(users, "train", self.history_len))
+        return Batch(torch.from_numpy(users), torch.from_numpy(items), hist)
+
+
+class UserUniformBatches(Dataset):
+    """Training batches drawn user-first: a uniform user, then one of the user's training items, then negatives.
+
+    The sampler of the official NGCF and LightGCN codes (``UniformSample_original``; NGCF's ``rd.sample`` of
+    existing users): every user with training items is equally likely, whatever their activity, where
+    :class:`TrainBatches` (one example per training interaction) weights users by their number of interactions.
+    An epoch draws as many examples as there are training interactions, ``ceil(n_train / batch_size)`` batches.
+    Draws depend only on (seed, epoch, batch index), as in :class:`TrainBatches`.
+
+    Shapes:
+        item: Batch(users [B], items [B, 1 + num_negatives], history [B, L] or None)
+    """
+
+    def __init__(self, data: PreparedData, loader: Loader, seed: int, history_len: int = 0) -> None:
+        train = data.train
+        self.indptr, self.indices = train.indptr.astype(np.int64), train.indices.astype(np.int64)
+        self.active = np.flatnonzero(np.diff(self.indptr) > 0)
+        if len(self.active) == 0:
+            raise ValueError("user-uniform sampling needs at least one user with training interactions")
+        self.n_train = int(train.nnz)
+        self.data, self.loader, self.seed, self.history_len = data, loader, seed, history_len
+        self.sampler = NegativeSampler(train, loader.negatives)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_train / self.loader.batch_size)
+
+    def __getitem__(self, b: int) -> Batch:
+        bs = self.loader.batch_size
+        size = min(bs, self.n_train - b * bs)
+        rng = np.random.default_rng([self.seed, self.epoch, b, 2])
+        users = self.active[rng.integers(0, len(self.active), size)]
+        start, count = self.indptr[users], self.indptr[users + 1] - self.indptr[users]
+        pos = self.indices[start + (rng.random(size) * count).astype(np.int64)]
+        negs = self.sampler.sample(users, self.loader.num_negatives, rng)
+        items = np.concatenate([pos[:, None], negs], axis=1)
         hist = None
         if self.history_len:
             hist = torch.from_numpy(self.data.history(users, "train", self.history_len))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-__all__ = ["ExampleBuilder", "Pairs", "Prefixes", "Sequences"]
+__all__ = ["ExampleBuilder", "Pairs", "UserUniform", "Prefixes", "Sequences"]
 
 
 class ExampleBuilder:
@@ -36,6 +36,20 @@ class Pairs(ExampleBuilder):
         from recsys.data.datamodule import TrainBatches
 
         return TrainBatches(data, loader, seed, history_len)
+
+
+class UserUniform(ExampleBuilder):
+    """(user, positive, sampled negatives) drawn user-first: uniform users, then a uniform item of theirs.
+
+    The official NGCF (Wang et al., SIGIR 2019) and LightGCN (He et al., SIGIR 2020) training loops sample this
+    way; :class:`Pairs` takes every training interaction once per epoch instead, which weights active users more.
+    An epoch has as many examples as training interactions.
+    """
+
+    def dataset(self, data, loader, seed: int, history_len: int) -> Dataset:
+        from recsys.data.datamodule import UserUniformBatches
+
+        return UserUniformBatches(data, loader, seed, history_len)
 
 
 class Prefixes(ExampleBuilder):

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from recsys.data.interactions import preprocess, to_csr
-from recsys.data.splits import SPLIT_NAMES, TEST, TRAIN, VALID, split_interactions
+from recsys.data.splits import SPLIT_NAMES, TEST, TRAIN, VALID, carve_valid, split_interactions
 from recsys.data.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class PreparedData:
         item_table: item side table aligned with item rows (row i describes item row i), or None.
         user_table: user side table aligned with user rows, or None.
         name: the dataset's name.
+        split_note: how the split was made (shown in the summary).
     """
 
     user_vocab: Vocabulary
@@ -44,6 +46,7 @@ class PreparedData:
     item_table: object = None
     user_table: object = None
     name: str = "data"
+    split_note: str = ""
     _csr: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -107,10 +110,20 @@ class PreparedData:
         """Training interactions per item."""
         return np.asarray(self.train.sum(axis=0)).ravel()
 
-    def summary(self) -> str:
+    def split_sizes(self) -> dict[str, int]:
+        """Interactions per split part."""
         counts = np.bincount(self.labels, minlength=3)
+        return {"train": int(counts[TRAIN]), "valid": int(counts[VALID]), "test": int(counts[TEST])}
+
+    def has_split(self, split: str) -> bool:
+        """Whether some user has held-out interactions in ``split`` (``valid`` or ``test``)."""
+        return self.split_sizes()[split] > 0
+
+    def summary(self) -> str:
+        c = self.split_sizes()
+        note = f"; {self.split_note}" if self.split_note else ""
         return (f"{self.name}: {self.n_users} users, {self.n_items} items, {len(self.users)} interactions "
-                f"(train {counts[0]}, valid {counts[1]}, test {counts[2]})")
+                f"(train {c['train']}, valid {c['valid']}, test {c['test']}{note})")
 
     # Persistence: Parquet files under ``run_dir/data`` so a run is self-describing.
     def save(self, directory: str | Path) -> None:
@@ -185,15 +198,19 @@ class SplitSpec:
     """How to split the log.
 
     Args:
-        method: ``random`` (per-user ratio), ``temporal`` (per-user ratio by time), ``loo`` (leave-one-out by
-            time), ``global_temporal`` (one time cut) or ``predefined`` (the dataset's own split).
+        method: ``auto`` (default: the dataset's own split when it ships one, as the NGCF/LightGCN train/test files
+            do, else ``random``), ``random`` (per-user ratio), ``temporal`` (per-user ratio by time), ``loo``
+            (leave-one-out by time), ``global_temporal`` (one time cut) or ``predefined`` (the dataset's own split).
         ratios: train / valid / test shares for the ratio methods.
-        seed: seed of the random split.
+        seed: seed of the random split and of ``valid_from_train``.
+        valid_from_train: a share of each user's training interactions (e.g. 0.1) moved into a validation part,
+            for a split without one; 0 keeps the split as it is.
     """
 
-    method: str = "random"
+    method: Literal["auto", "random", "temporal", "loo", "global_temporal", "predefined"] = "auto"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 2026
+    valid_from_train: float = 0.0
 
 
 def _align(table, key: str, vocab: Vocabulary):
@@ -211,6 +228,19 @@ def _align(table, key: str, vocab: Vocabulary):
     if missing:
         log.info("%d of %d %ss have no side-table row", missing, len(ids), key)
     return t.reindex(ids).reset_index(names=key)
+
+
+def _split_note(split: SplitSpec, shipped: bool) -> str:
+    method = split.method
+    if method == "auto":
+        method = "predefined" if shipped else "random"
+    if method == "predefined":
+        return "split: the dataset's own"
+    if method in ("random", "temporal", "global_temporal"):
+        r = "/".join(f"{x:g}" for x in split.ratios)
+        seed = f", seed {split.seed}" if method == "random" else ""
+        return f"split: {method} {r}{seed}" + (" (the dataset's own split ignored)" if shipped else "")
+    return f"split: {method}" + (" (the dataset's own split ignored)" if shipped else "")
 
 
 def prepare(raw, preprocessing: Preprocess = Preprocess(), split: SplitSpec = SplitSpec()) -> PreparedData:
@@ -237,8 +267,12 @@ def prepare(raw, preprocessing: Preprocess = Preprocess(), split: SplitSpec = Sp
     if "split" in df:
         predefined = df["split"].map(SPLIT_NAMES).to_numpy()
     labels = split_interactions(split.method, users, ts, ratios=split.ratios, seed=split.seed, predefined=predefined)
+    note = _split_note(split, predefined is not None)
+    if split.valid_from_train:
+        labels = carve_valid(labels, users, split.valid_from_train, split.seed)
+        note += f", validation carved from train ({split.valid_from_train:g} per user, seed {split.seed})"
     data = PreparedData(user_vocab, item_vocab, users, items, labels, ts,
                         item_table=_align(raw.items, "item", item_vocab),
-                        user_table=_align(raw.users, "user", user_vocab), name=raw.name)
+                        user_table=_align(raw.users, "user", user_vocab), name=raw.name, split_note=note)
     log.info("%s", data.summary())
     return data

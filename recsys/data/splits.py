@@ -97,6 +97,35 @@ def global_temporal_split(timestamps: np.ndarray, ratios=(0.8, 0.1, 0.1)) -> np.
     return labels
 
 
+def carve_valid(labels: np.ndarray, users: np.ndarray, fraction: float, seed: int = 2026) -> np.ndarray:
+    """Move a seeded per-user share of each user's training interactions into the validation part.
+
+    For a split that ships without one (the NGCF/LightGCN train/test files): early stopping then selects on data
+    the test never sees. Per-user counts follow :func:`random_split`'s rounding, so every user keeps a training item.
+
+    Args:
+        labels: the split's labels (must have no validation interactions).
+        users: the user row of every interaction.
+        fraction: the share of each user's training interactions to move, in (0, 1).
+        seed: the carve's seed.
+
+    Shapes:
+        labels, users: [N] -> [N] int8
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.split.valid_from_train must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels, dtype=np.int8).copy()
+    if (labels == VALID).any():
+        raise ValueError("data.split.valid_from_train needs a split without a validation part, and this one has "
+                         f"{int((labels == VALID).sum())} validation interactions")
+    train = np.flatnonzero(labels == TRAIN)
+    if len(train) == 0:
+        return labels
+    sub = random_split(users[train], (1.0 - fraction, fraction, 0.0), seed)
+    labels[train[sub == VALID]] = VALID
+    return labels
+
+
 def _time_key(timestamps: np.ndarray) -> np.ndarray:
     # Stable tie-break on file position: lexsort uses the last key first, so encode position into the key.
     ts = np.asarray(timestamps, dtype=np.float64)
@@ -105,7 +134,10 @@ def _time_key(timestamps: np.ndarray) -> np.ndarray:
 
 def split_interactions(method: str, users: np.ndarray, timestamps: np.ndarray | None, *, ratios=(0.8, 0.1, 0.1),
                        seed: int = 2026, predefined: np.ndarray | None = None) -> np.ndarray:
-    """Dispatch to a splitter by name: ``random``, ``temporal``, ``loo``, ``global_temporal`` or ``predefined``."""
+    """Dispatch to a splitter by name: ``auto``, ``random``, ``temporal``, ``loo``, ``global_temporal`` or
+    ``predefined``; ``auto`` is the dataset's own split when it ships one (``predefined`` given), else ``random``."""
+    if method == "auto":
+        method = "random" if predefined is None else "predefined"
     if method == "random":
         return random_split(users, ratios, seed)
     if method == "predefined":
@@ -120,4 +152,5 @@ def split_interactions(method: str, users: np.ndarray, timestamps: np.ndarray | 
         return leave_one_out(users, timestamps)
     if method == "global_temporal":
         return global_temporal_split(timestamps, ratios)
-    raise ValueError(f"unknown split {method!r}; choose random, temporal, loo, global_temporal or predefined")
+    raise ValueError(f"unknown split {method!r}; choose auto, random, temporal, loo, global_temporal or "
+                     "predefined")

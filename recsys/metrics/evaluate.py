@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,6 +12,8 @@ from recsys.scoring.topk import ScoreFn, topk
 
 if TYPE_CHECKING:
     from recsys.scoring.index import IndexSpec
+
+log = logging.getLogger(__name__)
 
 
 def rank_split(score_fn: ScoreFn, data, split: str = "test", k: int = 20, chunk_size: int | None = None
@@ -44,11 +47,18 @@ def evaluate(model, data, split: str = "test", ks=(10, 20), chunk_size: int | No
         gallery: an old model's scorer-prepared item table (:meth:`recsys.runs.Run.item_table_for`) that the
             queries are scored against (backward-compatible upgrades).
 
+    Returns:
+        ``{"recall@20": ..., ...}``; empty (with a logged line) when no user has held-out items in ``split``, so a
+        train/test benchmark without a validation part, or a refit on all data, runs to the end.
+
     Shapes:
         gallery: [n_items, D_gallery]
     """
     from recsys.recommender import score_function
 
+    if data.csr(split).nnz == 0:
+        log.info("no %s interactions: no %s metrics", split, split)
+        return {}
     score_fn = score_function(model, data, up_to="train" if split == "valid" else "train+valid",
                               index=index, gallery=gallery, exclude=data.exclude_for(split))
     users, ranked = rank_split(score_fn, data, split, max(ks), chunk_size)
@@ -65,6 +75,8 @@ def beyond_accuracy(model, data, split: str = "test", ks=(10, 20)) -> dict[str, 
     from recsys.metrics.beyond import item_coverage, novelty, popularity_bias
     from recsys.recommender import score_function
 
+    if data.csr(split).nnz == 0:
+        return {}
     score_fn = score_function(model, data, up_to="train" if split == "valid" else "train+valid")
     _, ranked = rank_split(score_fn, data, split, max(ks))
     pop = data.item_popularity()

@@ -30,8 +30,8 @@ class Loader:
         history_len: history items per query for encoders that read histories (0 = the encoder's own length).
         examples: what a training example is (:mod:`recsys.data.examples`): ``Pairs`` (user, positive,
             negatives, one example per training interaction), ``UserUniform`` (uniform users first, the official
-            NGCF/LightGCN sampler), ``Prefixes`` (every prefix of a user's chronological training sequence predicts its next
-            item; ``per_user: true``: one random prefix per user per epoch, as Recformer's fine-tuning) or
+            NGCF/LightGCN sampler), ``Prefixes`` (every prefix of a user's chronological training sequence predicts
+            its next item; ``per_user: true``: one random prefix per user per epoch, as Recformer's fine-tuning) or
             ``Sequences`` (SASRec's all-positions training); None means ``Pairs``.
     """
 

@@ -67,6 +67,7 @@ class RecModel(L.LightningModule, EmbeddingModel):
         self.monitor_split = "valid"
         self._bound = False
         self.epoch_times: list[float] = []
+        self._fit_t0 = time.perf_counter()
 
     def fit(self, data, trainer: LightningFit | None = None) -> None:
         """Fit by Lightning: ``trainer(self)`` runs ``Trainer.fit`` on this module (``configure_model`` binds data)."""
@@ -104,6 +105,9 @@ class RecModel(L.LightningModule, EmbeddingModel):
         return self.optimizer_factory(params)
 
     # Training.
+    def on_fit_start(self) -> None:
+        self._fit_t0 = time.perf_counter()
+
     def on_train_epoch_start(self) -> None:
         # The training dataset is ours (recsys.data.datamodule.TrainBatches or SequenceExamples): both reshuffle
         # and redraw negatives per epoch through set_epoch.
@@ -152,3 +156,5 @@ class RecModel(L.LightningModule, EmbeddingModel):
         headline = f"ndcg@{max(self.eval_ks)}"
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items() if k != headline}, sync_dist=False)
         self.log(f"{prefix}/{headline}", metrics[headline], prog_bar=True, sync_dist=False)
+        # Wall seconds since training started, this evaluation included: quality per hour, read off the log.
+        self.log("time/elapsed_s", time.perf_counter() - self._fit_t0, sync_dist=False)

@@ -343,3 +343,15 @@ class TestMostPopularConformance(BaselineConformance):
 
     def make_model(self):
         return MostPopular()
+
+
+def test_ease_primal32_matches_float64():
+    from recsys.baselines.ease import ease_weights
+
+    rng = np.random.default_rng(5)
+    X = sp.random(300, 130, density=0.08, random_state=rng, format="csr")
+    X.data[:] = 1.0
+    ref = ease_weights(X, 20.0, method="primal").numpy()
+    got = ease_weights(X, 20.0, method="primal32", block=32).numpy()
+    assert got.flags.c_contiguous and np.all(np.diag(got) == 0)
+    np.testing.assert_allclose(got, ref, atol=1e-5)

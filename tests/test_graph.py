@@ -104,7 +104,7 @@ def test_sparse_polynomial_matches_dense(norm, self_loops):
 
 
 @pytest.mark.parametrize("norm,self_loops", ADJACENCIES)
-def test_node_dropout_keeps_the_expectation(norm, self_loops):
+def test_edge_dropout_keeps_the_expectation(norm, self_loops):
     torch.manual_seed(0)
     train = tiny_train(3)
     adj = bipartite_adjacency(train, norm, self_loops)
@@ -122,6 +122,63 @@ def test_node_dropout_keeps_the_expectation(norm, self_loops):
             torch.testing.assert_close(at.to_dense(), a.to_dense().T)
     assert abs(dropped / (draws * adj.nnz) - 0.3) < 0.01
     torch.testing.assert_close(total / draws, exact, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("norm,self_loops", ADJACENCIES)
+def test_node_dropout_zeroes_the_columns_of_dropped_nodes(norm, self_loops):
+    # NGCF paper Sec. 2.4.2: a dropped node sends nothing; survivors' columns are scaled by 1/(1-p).
+    train = tiny_train(4)
+    adj = bipartite_adjacency(train, norm, self_loops)
+    dense = torch.tensor(dense_adjacency(train, norm, self_loops), dtype=torch.float32)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        keep = dropout_mask((adj.n,), 0.4, adj.values)  # the draw node dropout makes, one per node
+        torch.manual_seed(seed)
+        values = adj.dropout(0.4, "node")
+        a, at = adj.matrices(values)
+        torch.testing.assert_close(a.to_dense(), dense * keep[None, :], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(at.to_dense(), (dense * keep[None, :]).T, atol=1e-6, rtol=1e-6)
+        assert all(v == 0 or v == pytest.approx(1 / 0.6, rel=1e-4) for v in keep.unique().tolist())
+
+
+@pytest.mark.parametrize("norm,self_loops", ADJACENCIES)
+def test_node_dropout_keeps_the_expectation(norm, self_loops):
+    torch.manual_seed(0)
+    train = tiny_train(5)
+    adj = bipartite_adjacency(train, norm, self_loops)
+    exact = adj.dense()
+    draws = 4000
+    total = torch.zeros_like(exact)
+    dropped_nodes = 0
+    for _ in range(draws):
+        a = adj.matrices(adj.dropout(0.3, "node"))[0].to_dense()
+        total += a
+        sends = (exact != 0).any(0)
+        dropped_nodes += int((((a == 0) | (exact == 0)).all(0) & sends).sum())  # columns wholly zeroed
+    senders = int((exact != 0).any(0).sum())
+    assert abs(dropped_nodes / (draws * senders) - 0.3) < 0.02
+    torch.testing.assert_close(total / draws, exact, atol=0.03, rtol=0.05)
+
+
+def test_dropout_kind_is_a_typed_option():
+    with pytest.raises(ValueError, match="^dropout_kind must be one of 'edge', 'node', not 'nodes'$"):
+        NGCF(dropout_kind="nodes")
+    data = checkerboard(n_users=8, n_items=6, per_user=3)
+    enc = NGCF(dim=4, n_layers=2, node_dropout=0.5, message_dropout=0.0, dropout_kind="node")
+    enc.bind(data)
+    enc.train()
+    torch.manual_seed(0)
+    out = enc.propagate_nodes()
+    torch.manual_seed(0)
+    keep = dropout_mask((enc.adj.n,), 0.5, enc.adj.values)
+    enc.eval()
+    # The first layer reads ``L (keep ⊙ E)``: the same as propagating with dropped nodes' rows zeroed.
+    a = enc.adj.dense()
+    side = (a * keep[None, :]) @ enc.embedding.weight
+    layer = enc.layers[0]
+    first = F.leaky_relu((side + enc.embedding.weight) @ layer.w_sum + (side * enc.embedding.weight) @ layer.w_bi
+                         + layer.b_sum + layer.b_bi, 0.2)
+    torch.testing.assert_close(out[:, 4:8], F.normalize(first, dim=1), atol=1e-5, rtol=1e-5)
 
 
 def test_lightgcn_propagation_matches_dense():

@@ -52,6 +52,7 @@ LAYERS = {
     "recsys.text": "nn",  # the package re-exports recsys.text.lm
     "recsys.text.lm": "nn",
     "recsys.encoders.*": "nn:encoders",
+    "recsys.encoders.graph_kernels": "nn:encoders",  # numba kernels of the graph encoders (numba imported lazily)
 
     "recsys.metrics": "ranking",  # the package re-exports ranking, beyond and significance, not evaluate
     "recsys.metrics.ranking": "ranking",

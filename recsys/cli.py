@@ -262,6 +262,9 @@ def cmd_evaluate(argv: list[str]) -> int:
         return 0
     t = time.perf_counter()
     m = evaluate(model, data, a.split, tuple(a.ks))
+    if not m:
+        print(f"[recsys] the run's data has no {a.split} interactions: nothing to evaluate")
+        return 0
     print(f"{a.split} metrics ({time.perf_counter() - t:.2f} s):\n" + format_metrics(m))
     extra = beyond_accuracy(model, data, a.split, tuple(a.ks))
     print("beyond accuracy: " + ", ".join(f"{k} {v:.4g}" for k, v in extra.items()))

@@ -127,3 +127,11 @@ def test_user_uniform_sampler(benchmark_dir):
     assert counts.std() / counts.mean() < 0.1  # multinomial noise is ~0.04 here; activity-weighted is ~0.25
     again = UserUniformBatches(data, Loader(batch_size=64, num_negatives=2), seed=3)[0]
     np.testing.assert_array_equal(again.items.numpy(), batches[0].items.numpy())
+
+
+def test_evaluate_an_empty_split(benchmark_dir, tmp_path, capsys):
+    run = tmp_path / "mf"
+    assert _fit(run, "paper/mf_bpr_gowalla.yaml", "--data.path", str(benchmark_dir), "--trainer.max_epochs", "1") == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run-dir", str(run), "--split", "valid"]) == 0
+    assert "no valid interactions" in capsys.readouterr().out

@@ -2,5 +2,7 @@
 
 from recsys.training.hard_negatives import HardNegatives
 from recsys.training.negatives import FullCatalogue, InBatchNegatives, NegativeStrategy, SampledNegatives, Step
+from recsys.training.optim import RowSparseRMSprop
 
-__all__ = ["FullCatalogue", "HardNegatives", "InBatchNegatives", "NegativeStrategy", "SampledNegatives", "Step"]
+__all__ = ["FullCatalogue", "HardNegatives", "InBatchNegatives", "NegativeStrategy", "RowSparseRMSprop",
+           "SampledNegatives", "Step"]

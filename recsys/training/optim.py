@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 __all__ = ["RowSparseRMSprop"]
 
@@ -27,7 +28,7 @@ class RowSparseRMSprop(torch.optim.Optimizer):
         initial_accumulator_value: the mean square's starting value (1.0 in TensorFlow).
     """
 
-    def __init__(self, params, lr: float = 0.01, alpha: float = 0.9, eps: float = 1e-10,
+    def __init__(self, params: ParamsT, lr: float = 0.01, alpha: float = 0.9, eps: float = 1e-10,
                  initial_accumulator_value: float = 1.0) -> None:
         if lr <= 0 or not 0.0 <= alpha < 1.0 or eps < 0 or initial_accumulator_value < 0:
             raise ValueError(f"RowSparseRMSprop: need lr > 0, 0 <= alpha < 1, eps >= 0 and "

@@ -18,8 +18,8 @@ GOWALLA = REPO.parent / "shared" / "datasets" / "gowalla"
 BUDGETED = {
     # Training-free: GF-CF measured 0.18495 (the paper: 0.1849).
     "gfcf_gowalla": ([], 0.184, 0.18495),
-    # The NGCF authors' BPRMF recipe for 10 of its 500 epochs (about 3 minutes here): measured 0.11715.
-    "mf_bpr_gowalla": (["--trainer.max_epochs", "10"], 0.115, 0.11715),
+    # The NGCF authors' BPRMF recipe for 10 of its 500 epochs (about 3 minutes here): measured 0.12082.
+    "mf_bpr_gowalla": (["--trainer.max_epochs", "10"], 0.118, 0.12082),
 }
 
 

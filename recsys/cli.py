@@ -380,13 +380,29 @@ def cmd_data(argv: list[str]) -> int:
 
 
 COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "score": cmd_score, "export": cmd_export, "data": cmd_data}
+VERBS = {
+    "fit": "train a model from a YAML config into a run directory (model, metrics, logs, learning curve)",
+    "evaluate": "full-ranking metrics of a finished run on its valid or test split",
+    "score": "top-k recommendations of a finished run for its users, written as Parquet",
+    "export": "user and item embeddings of a finished run, as Parquet with external IDs",
+    "data": "load a dataset and print what it holds (sizes, split, side tables)",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: recsys COMMAND [options]   (recsys COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {verb:<10}{text}" for verb, text in VERBS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: recsys {" + ",".join(COMMANDS) + "} [options]   (recsys COMMAND --help for details)")
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"recsys: unknown command {argv[0]!r}\n{_usage()}", file=sys.stderr)
+        return 2
     _setup_logging()
     from recsys.errors import RecsysError
 

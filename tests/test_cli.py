@@ -152,3 +152,14 @@ def test_per_user_metrics_available(mf_run):
     users, ranked = rank_split(score_function(model, data, "train+valid"), data, "test", 20)
     pu = per_user_metrics(ranked, data.csr("test")[users])
     assert len(pu["ndcg@20"]) == len(users)
+
+
+def test_top_level_help_describes_every_verb(capsys):
+    from recsys.cli import COMMANDS
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for verb in COMMANDS:
+        assert f"  {verb} " in out
+    assert main(["frob"]) == 2
+    assert "unknown command 'frob'" in capsys.readouterr().err

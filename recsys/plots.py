@@ -37,7 +37,7 @@ def read_log(path: str | Path) -> dict[str, list[tuple[int, float]]]:
 def plot_learning_curve(log_csv: str | Path, out: str | Path) -> Path:
     """Draw the training loss and the monitored ranking metrics per epoch into a PNG (written atomically).
 
-    Metrics logged as ``test_monitor/*`` (a run without a validation part) are titled as test-set monitoring, so
+    The x axis counts epochs trained (Lightning's 0-based epoch + 1). Metrics logged as ``test_monitor/*`` (a run without a validation part) are titled as test-set monitoring, so
     the picture cannot be mistaken for a model-selection curve.
 
     Args:
@@ -59,16 +59,16 @@ def plot_learning_curve(log_csv: str | Path, out: str | Path) -> Path:
     for key in ("train/loss",):
         if key in series:
             ep, val = zip(*series[key])
-            ax.plot(ep, val, marker=".", label=key)
-    ax.set_xlabel("epoch")
+            ax.plot([e + 1 for e in ep], val, marker=".", label=key)
+    ax.set_xlabel("epochs trained")
     ax.set_title("training loss")
     ax.legend()
     if monitored:
         ax = axes[0][1]
         for key in monitored:
             ep, val = zip(*series[key])
-            ax.plot(ep, val, marker="o", label=key)
-        ax.set_xlabel("epoch")
+            ax.plot([e + 1 for e in ep], val, marker="o", label=key)
+        ax.set_xlabel("epochs trained")
         test = any(k.startswith("test_monitor/") for k in monitored)
         ax.set_title("test-set monitoring (not used for model selection)" if test else "validation")
         ax.legend()

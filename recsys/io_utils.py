@@ -8,15 +8,27 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path in the target's directory; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path in the target's directory; rename it onto ``path`` only if the block succeeds.
+
+    The file ends with the mode a plain ``open(path, "w")`` would give it (``0o666`` less the umask), not
+    ``mkstemp``'s private ``0o600``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -169,3 +169,16 @@ def test_side_table_missing_multi_valued_column(tmp_path):
     with pytest.raises(DataError) as err:
         read_side_table(f, key="item", multi_valued={"tags": ","})
     _assert_where(err, f, "tags", None)
+
+
+def test_atomic_outputs_follow_the_umask(tmp_path):
+    import os
+
+    from recsys.io_utils import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640

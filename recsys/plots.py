@@ -37,8 +37,9 @@ def read_log(path: str | Path) -> dict[str, list[tuple[int, float]]]:
 def plot_learning_curve(log_csv: str | Path, out: str | Path) -> Path:
     """Draw the training loss and the monitored ranking metrics per epoch into a PNG (written atomically).
 
-    The x axis counts epochs trained (Lightning's 0-based epoch + 1). Metrics logged as ``test_monitor/*`` (a run without a validation part) are titled as test-set monitoring, so
-    the picture cannot be mistaken for a model-selection curve.
+    The x axis counts epochs trained (Lightning's 0-based epoch + 1). Metrics logged as ``test_monitor/*`` (a run
+    without a validation part) are titled as test-set monitoring, so the picture cannot be mistaken for a
+    model-selection curve.
 
     Args:
         log_csv: the run's ``logs/metrics.csv``.

@@ -18,10 +18,19 @@ from pathlib import Path
 METRIC_ORDER = ("recall", "precision", "ndcg", "mrr", "hit", "map")
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's suggestions to install third-party services (not messages about the run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Lightning's import gives the "lightning" logger its own console handler and lets its records reach the root
+    # handler too, so every Lightning line printed twice: stop them at Lightning's handler.
+    logging.getLogger("lightning").propagate = False
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

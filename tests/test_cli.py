@@ -163,3 +163,19 @@ def test_top_level_help_describes_every_verb(capsys):
         assert f"  {verb} " in out
     assert main(["frob"]) == 2
     assert "unknown command 'frob'" in capsys.readouterr().err
+
+
+def test_lightning_lines_print_once_without_adverts(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import TINY_SYNTHETIC
+
+    proc = subprocess.run([sys.executable, "-m", "recsys.cli", "fit", "--run-dir", str(tmp_path / "run"),
+                           "--data.options", TINY_SYNTHETIC, "--trainer.max_epochs", "1",
+                           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("`Trainer.fit` stopped") == 1
+    assert "litlogger" not in out

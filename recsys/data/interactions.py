@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -11,8 +10,6 @@ import numpy as np
 if TYPE_CHECKING:  # pandas and scipy load lazily: the scoring path imports this module and needs neither
     import pandas as pd
     import scipy.sparse as sp
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,7 +73,6 @@ def preprocess(df: pd.DataFrame, *, rating_threshold: float | None = None, min_u
             df = df[~(bad_u | bad_i)]
         report.add(f"users with < {min_user_interactions} interactions (k-core)", n_user_drop)
         report.add(f"items with < {min_item_interactions} interactions (k-core)", n_item_drop)
-    log.info("preprocessing: %s", report)
     return df.reset_index(drop=True), report
 
 

@@ -274,5 +274,5 @@ def prepare(raw, preprocessing: Preprocess = Preprocess(), split: SplitSpec = Sp
     data = PreparedData(user_vocab, item_vocab, users, items, labels, ts,
                         item_table=_align(raw.items, "item", item_vocab),
                         user_table=_align(raw.users, "user", user_vocab), name=raw.name, split_note=note)
-    log.info("%s", data.summary())
+    # The summary is not logged here: the commands print it once (``recsys fit``, ``recsys data``).
     return data

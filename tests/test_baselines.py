@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from recsys.baselines import ALS, BPR, EASE, Baseline, ItemKNN, MostPopular
+from recsys.baselines import ALS, BPR, EASE, GFCF, Baseline, ItemKNN, MostPopular
 from recsys.baselines.ease import ease_weights
 from recsys.data.prepared import PreparedData
 from recsys.data.vocab import Vocabulary
@@ -264,7 +264,7 @@ def test_topk_excludes_train_items(blocks, fitted):
         assert not set(items[u]) & set(train.indices[train.indptr[u]:train.indptr[u + 1]])
 
 
-@pytest.mark.parametrize("cls", [ALS, BPR, ItemKNN, EASE, MostPopular])
+@pytest.mark.parametrize("cls", [ALS, BPR, ItemKNN, EASE, GFCF, MostPopular])
 def test_signature_is_a_typed_schema(cls):
     """Built from YAML by jsonargparse: every argument is annotated, has a default and is documented."""
     doc = inspect.getdoc(cls) or ""

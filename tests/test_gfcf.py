@@ -3,7 +3,6 @@ of the paper's formula, the truncated SVD against LAPACK, and checkpoints that l
 
 from __future__ import annotations
 
-import inspect
 import io
 import logging
 
@@ -208,14 +207,3 @@ def test_alpha_zero_skips_the_svd():
 def test_bad_arguments_name_the_option(kwargs, option):
     with pytest.raises(ValueError, match=f"^GFCF: {option} "):
         GFCF(**kwargs)
-
-
-def test_signature_is_a_typed_schema():
-    """Built from YAML by jsonargparse: every argument is annotated, has a default and is documented."""
-    doc = inspect.getdoc(GFCF) or ""
-    for name, p in inspect.signature(GFCF.__init__).parameters.items():
-        if name == "self":
-            continue
-        assert p.annotation is not inspect.Parameter.empty, name
-        assert p.default is not inspect.Parameter.empty, name
-        assert f"{name}:" in doc, name

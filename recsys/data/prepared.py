@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.data.interactions import preprocess, to_csr
-from recsys.data.splits import SPLIT_NAMES, TEST, TRAIN, VALID, carve_valid, split_interactions
+from recsys.data.splits import SPLIT_NAMES, TEST, TRAIN, VALID, carve_valid, resolve_method, split_interactions
 from recsys.data.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -231,9 +231,7 @@ def _align(table, key: str, vocab: Vocabulary):
 
 
 def _split_note(split: SplitSpec, shipped: bool) -> str:
-    method = split.method
-    if method == "auto":
-        method = "predefined" if shipped else "random"
+    method = resolve_method(split.method, shipped)
     if method == "predefined":
         return "split: the dataset's own"
     if method in ("random", "temporal", "global_temporal"):

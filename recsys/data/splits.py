@@ -132,12 +132,18 @@ def _time_key(timestamps: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(ts)), ts)).argsort()
 
 
+def resolve_method(method: str, shipped: bool) -> str:
+    """The splitter ``method`` names: ``auto`` is ``predefined`` when the dataset ships a split, else ``random``."""
+    if method == "auto":
+        return "predefined" if shipped else "random"
+    return method
+
+
 def split_interactions(method: str, users: np.ndarray, timestamps: np.ndarray | None, *, ratios=(0.8, 0.1, 0.1),
                        seed: int = 2026, predefined: np.ndarray | None = None) -> np.ndarray:
     """Dispatch to a splitter by name: ``auto``, ``random``, ``temporal``, ``loo``, ``global_temporal`` or
     ``predefined``; ``auto`` is the dataset's own split when it ships one (``predefined`` given), else ``random``."""
-    if method == "auto":
-        method = "random" if predefined is None else "predefined"
+    method = resolve_method(method, predefined is not None)
     if method == "random":
         return random_split(users, ratios, seed)
     if method == "predefined":

@@ -1,0 +1,67 @@
+"""The ``recsys`` command: one module per verb (``recsys/cli/<verb>.py``), dispatched from here.
+
+Imports are lazy: ``score`` and ``export`` from a run's stored tables never import jsonargparse, Lightning,
+torch-geometric or transformers, so a scoring job starts in about the time it takes to import torch. Commands that
+rebuild the model (``evaluate``, ``score`` of a model without tables or with ``--new-items``) re-validate the run's
+config with the fit parser first (see :mod:`recsys.runs`), which imports Lightning.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from recsys.cli._common import INDEX_HELP, _setup_logging, format_metrics
+from recsys.cli.configs import cmd_configs
+from recsys.cli.data import cmd_data
+from recsys.cli.evaluate import cmd_evaluate
+from recsys.cli.export import cmd_export
+from recsys.cli.fit import cmd_fit
+from recsys.cli.score import cmd_score
+
+__all__ = ["COMMANDS", "INDEX_HELP", "VERBS", "format_metrics", "main"]
+
+COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "score": cmd_score, "export": cmd_export, "data": cmd_data,
+            "configs": cmd_configs}
+VERBS = {
+    "fit": "train a model from a YAML config into a run directory (model, metrics, logs, learning curve)",
+    "evaluate": "full-ranking metrics of a finished run on its valid or test split",
+    "score": "top-k recommendations of a finished run for its users, written as Parquet",
+    "export": "user and item embeddings of a finished run, as Parquet with external IDs",
+    "data": "load a dataset and print what it holds (sizes, split, side tables)",
+    "configs": "list the packaged configs (recsys fit --config NAME), one line each",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: recsys COMMAND [options]   (recsys COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {verb:<10}{text}" for verb, text in VERBS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"recsys: unknown command {argv[0]!r}\n{_usage()}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    from recsys.errors import RecsysError
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except RecsysError as e:
+        print(f"recsys {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # Output piped into `head` and closed: not an error of the command. Point stdout at devnull so the
+        # interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

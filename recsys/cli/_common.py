@@ -1,0 +1,96 @@
+"""Helpers every ``recsys`` verb shares: logging set-up, the metrics table, JSON outputs, serving options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+METRIC_ORDER = ("recall", "precision", "ndcg", "mrr", "hit", "map")
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's suggestions to install third-party services (not messages about the run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", stream=sys.stderr)
+    # Lightning's import gives the "lightning" logger its own console handler and lets its records reach the root
+    # handler too, so every Lightning line printed twice: stop them at Lightning's handler.
+    logging.getLogger("lightning").propagate = False
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """A small text table: one row per metric, one column per cut-off."""
+    ks = sorted({int(k.split("@")[1]) for k in metrics if "@" in k})
+    names = [m for m in METRIC_ORDER if any(k.startswith(m + "@") for k in metrics)]
+    lines = ["metric     " + "".join(f"{'@' + str(k):>10}" for k in ks)]
+    for m in names:
+        lines.append(f"{m:<11}" + "".join(f"{metrics.get(f'{m}@{k}', float('nan')):>10.4f}" for k in ks))
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, obj) -> None:
+    """An ``--out`` JSON file outside any run directory (results inside a run go through ``Run.write_json``)."""
+    from recsys.io_utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _launch_rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------------- serving
+INDEX_HELP = ("Item index to rank through, KIND[:OPTION=VALUE,...] (default exact): exact (brute force); "
+              "prefix:dim=32 (a Matryoshka prefix; prefix:dim=32,coarse=8,shortlist=200 shortlists at 8 dims, "
+              "re-ranks at 32); hamming:shortlist=200 (sign-bit shortlist, float re-rank; hamming:codes_only=true "
+              "ranks by the codes alone); lowrank:rank=8 (a low-rank model truncated); quantized "
+              "(latent-quantization codes); seismic:n_postings=2000,query_cut=10 (inverted index, SESA); "
+              "faiss:hnsw,m=32 (flat, ivf or hnsw; pip install faiss-cpu).")
+
+
+def _index_spec(text: str):
+    """``--index`` values as a typed :class:`recsys.scoring.index.IndexSpec`; a bad spec is argparse's one line."""
+    from recsys.scoring.index import parse_index_spec
+
+    try:
+        return parse_index_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_serving_args(p) -> None:
+    """Options shared by ``evaluate`` and ``score``: the item index, and an old run's item table (a gallery)."""
+    g = p.add_argument_group("serving (item indexes, compatible galleries)")
+    g.add_argument("--index", type=_index_spec, default="exact", metavar="SPEC", help=INDEX_HELP)
+    g.add_argument("--gallery", default=None, metavar="RUN",
+                   help="Run directory of an old model: score this run's queries against its item table.")
+
+
+def _is_exact(spec) -> bool:
+    from recsys.scoring.index import ExactSpec
+
+    return isinstance(spec, ExactSpec)
+
+
+def _write_result(run, out: str | None, name: str, obj) -> None:
+    if out:
+        _write_json(Path(out), obj)
+    else:
+        run.write_json(name, obj)
+

@@ -104,6 +104,14 @@ class RecModel(L.LightningModule, EmbeddingModel):
             return torch.optim.Adam(params, lr=1e-3)
         return self.optimizer_factory(params)
 
+    # Resume: the random streams that are not derived from (seed, epoch) travel in the full checkpoint.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["recsys_rng"] = _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "recsys_rng" in checkpoint:
+            _set_rng_state(checkpoint["recsys_rng"])
+
     # Training.
     def on_fit_start(self) -> None:
         self._fit_t0 = time.perf_counter()
@@ -158,3 +166,33 @@ class RecModel(L.LightningModule, EmbeddingModel):
         self.log(f"{prefix}/{headline}", metrics[headline], prog_bar=True, sync_dist=False)
         # Wall seconds since training started, this evaluation included: quality per hour, read off the log.
         self.log("time/elapsed_s", time.perf_counter() - self._fit_t0, sync_dist=False)
+
+
+def _rng_state() -> dict:
+    """Python's, numpy's and torch's global random states as tensors and lists (``weights_only``-loadable)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss = random.getstate()
+    out = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                     cached], "python": [version, list(state), gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(state: dict) -> None:
+    """Restore :func:`_rng_state`'s output."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

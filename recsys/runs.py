@@ -30,6 +30,7 @@ from recsys.errors import CheckpointError, DataError, RunDirError
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
     from recsys.data.prepared import PreparedData
     from recsys.data.vocab import Vocabulary
@@ -371,6 +372,89 @@ class Run:
     def metrics(self, split: str = "test") -> dict[str, float]:
         """The metrics ``recsys fit`` wrote for ``test`` (``metrics.json``) or ``valid``."""
         return self.read_json("metrics.json" if split == "test" else f"{split}_metrics.json")
+
+    # ------------------------------------------------------------------------------------------------ Python API
+    def recommend(self, users=None, k: int = 10, exclude: str = "all", **options) -> pd.DataFrame:
+        """Top-k items of users, in external IDs: what ``recsys score`` writes, as a DataFrame.
+
+        Args:
+            users: external user IDs (any iterable; their type is kept), or None for every user of the run.
+            k: list length.
+            exclude: ``all`` (every interaction the run knows of the user), ``train`` or ``none``.
+            **options: further :func:`recsys.scoring.batch.score_run` options (``index=``, ``unknown_users=``,
+                ``histories=``, ...).
+
+        Returns:
+            Columns ``user``, ``item``, ``rank`` (1-based), ``score``; one block of ``k`` rows per user.
+        """
+        import tempfile
+
+        import pandas as pd
+
+        from recsys.scoring.batch import score_run
+        from recsys.scoring.index import parse_index_spec
+
+        if isinstance(options.get("index"), str):
+            options["index"] = parse_index_spec(options["index"])
+        with tempfile.TemporaryDirectory(prefix="recsys-recommend-") as tmp:
+            users_file = None
+            if users is not None:
+                users = list(users) if not isinstance(users, (str, bytes)) else [users]
+                users_file = Path(tmp) / "users.txt"
+                users_file.write_text("".join(f"{u}\n" for u in users))
+            out = Path(tmp) / "top.parquet"
+            score_run(self.path, out, k=k, users_file=users_file, exclude=exclude, **options)
+            return pd.read_parquet(out)
+
+    def evaluate(self, split: str = "test", ks: tuple[int, ...] = (10, 20), **options) -> dict[str, float]:
+        """Full-ranking metrics of the run's model on its ``valid`` or ``test`` split (``recsys evaluate``).
+
+        Args:
+            split: ``valid`` or ``test``.
+            ks: cut-offs.
+            **options: :func:`recsys.metrics.evaluate.evaluate` options (``index=``, ``per_user_out=``, ...).
+        """
+        from recsys.metrics.evaluate import evaluate
+
+        data = self.data()
+        return evaluate(self.recommender(data), data, split, tuple(ks), **options)
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Run:
+        """Copy the run directory to ``path`` (a new run: the copy is checked like any finished run).
+
+        Raises:
+            RunDirError: ``path`` exists and ``overwrite`` is False, or this run is not finished.
+        """
+        import shutil
+
+        self._require(self.CONFIG, self.MODEL)
+        dest = Path(path)
+        if dest.resolve() == self.path.resolve():
+            return self
+        if dest.exists():
+            if not overwrite:
+                raise RunDirError(f"{str(dest)!r} exists: pass overwrite=True to replace it")
+            shutil.rmtree(dest)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(self.path, tmp)
+        tmp.rename(dest)
+        return Run.open(dest)
+
+    def export(self, out: str | Path, format: str = "parquet", index=None) -> dict:
+        """User and item embeddings for an ANN service (``recsys export``); returns what was written.
+
+        Args:
+            out: the output directory.
+            format: ``parquet`` (embeddings with external IDs) or ``faiss`` (an index plus an ID map).
+            index: with ``faiss``: an index spec such as ``"faiss:ivf,nlist=256"``.
+        """
+        from recsys.scoring.export import export_run
+        from recsys.scoring.index import parse_index_spec
+
+        if isinstance(index, str):
+            index = parse_index_spec(index)
+        return export_run(self.path, out, format=format, index=index)
 
 
 def _same_ids(a: Vocabulary, b: Vocabulary) -> bool:

@@ -59,10 +59,12 @@ LAYERS = {
     "recsys.metrics.ranking": "ranking",
     "recsys.metrics.significance": "ranking",
     "recsys.metrics.beyond": "ranking",
+    "recsys.metrics.report": "ranking",
     "recsys.scoring": "ranking",  # every import of recsys.scoring.topk runs it: it must stay free of serving code
     "recsys.scoring.topk": "ranking",
     "recsys.scoring.cascade": "ranking",
     "recsys.scoring.index.*": "ranking",
+    "recsys.scoring.faiss_index": "ranking",
     "recsys.retrieval.*": "ranking",
 
     "recsys.model": "serving",
@@ -71,6 +73,8 @@ LAYERS = {
     "recsys.config": "serving",
     "recsys.plots": "serving",
     "recsys.runs": "serving",
+    "recsys.fitting": "serving",
+    "recsys.api": "serving",
     "recsys.recommender": "serving",
     "recsys.metrics.evaluate": "serving",
     "recsys.scoring.batch": "serving",
@@ -78,6 +82,7 @@ LAYERS = {
     "recsys.scoring.export": "serving",
     "recsys.scoring.new_items": "serving",
     "recsys.scoring.explain": "serving",
+    "recsys.scoring.fold_in": "serving",
 
     "recsys.packaged_configs": "serving",
 

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-METRIC_ORDER = ("recall", "precision", "ndcg", "mrr", "hit", "map")
+from recsys.metrics.report import METRIC_ORDER, format_metrics  # noqa: F401  (re-exported for the verbs)
 
 
 class _NoAdverts(logging.Filter):
@@ -24,16 +24,6 @@ def _setup_logging() -> None:
     # handler too, so every Lightning line printed twice: stop them at Lightning's handler.
     logging.getLogger("lightning").propagate = False
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
-
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """A small text table: one row per metric, one column per cut-off."""
-    ks = sorted({int(k.split("@")[1]) for k in metrics if "@" in k})
-    names = [m for m in METRIC_ORDER if any(k.startswith(m + "@") for k in metrics)]
-    lines = ["metric     " + "".join(f"{'@' + str(k):>10}" for k in ks)]
-    for m in names:
-        lines.append(f"{m:<11}" + "".join(f"{metrics.get(f'{m}@{k}', float('nan')):>10.4f}" for k in ks))
-    return "\n".join(lines)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -61,7 +51,9 @@ INDEX_HELP = ("Item index to rank through, KIND[:OPTION=VALUE,...] (default exac
               "re-ranks at 32); hamming:shortlist=200 (sign-bit shortlist, float re-rank; hamming:codes_only=true "
               "ranks by the codes alone); lowrank:rank=8 (a low-rank model truncated); quantized "
               "(latent-quantization codes); seismic:n_postings=2000,query_cut=10 (inverted index, SESA); "
-              "faiss:hnsw,m=32 (flat, ivf or hnsw; pip install faiss-cpu).")
+              "faiss:flat (faiss exact inner product; faiss:ivf,nlist=256,nprobe=16 inverted lists; "
+              "faiss:hnsw,m=32,ef_search=64 graph; faiss:binary sign codes by Hamming distance, "
+              "faiss:binary,shortlist=200 re-ranks them in float; pip install 'recsys[ann]').")
 
 
 def _index_spec(text: str):

@@ -151,15 +151,26 @@ class RecDataModule(L.LightningDataModule):
         self.dataset, self.path, self.options = dataset, path, dict(options or {})
         self.preprocess, self.split, self.loader = preprocess, split, loader
         self.data: PreparedData | None = None
+        self.raw = None  # a dataset object given with use_dataset
         self.seed = split.seed
         self.history_len = loader.history_len
+
+    def use_dataset(self, raw) -> None:
+        """Prepare this dataset object (a :class:`~recsys.datasets.base.RawDataset`) instead of loading by name.
+
+        The Python API passes DataFrames and Arrow tables this way; the preprocessing and the split still apply.
+        """
+        self.raw, self.data = raw, None
+        self.dataset, self.path = raw.name, None
 
     def prepare(self) -> PreparedData:
         """Load and prepare the data (idempotent); usable without a Trainer."""
         if self.data is None:
-            from recsys.datasets import load_dataset
+            raw = self.raw
+            if raw is None:
+                from recsys.datasets import load_dataset
 
-            raw = load_dataset(self.dataset, self.path, **self.options)
+                raw = load_dataset(self.dataset, self.path, **self.options)
             self.data = prepare(raw, self.preprocess, self.split)
         return self.data
 

@@ -11,7 +11,10 @@ only when a parser is built.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import sys
 
 from recsys.errors import RecsysError
 
@@ -39,13 +42,13 @@ def build_fit_parser(exit_on_error: bool = True):
             ``argparse.ArgumentError`` instead (loading a run).
     """
     import lightning as L
-    from jsonargparse import ActionConfigFile, ArgumentParser
 
     from recsys.data.datamodule import RecDataModule
 
-    p = ArgumentParser(prog="recsys fit", description="Train a model, restore its best checkpoint, test it.",
-                       default_env=False, exit_on_error=exit_on_error)
-    p.add_argument("--config", action=ActionConfigFile, help="YAML config (class_path/init_args).")
+    parser_class, config_action = _cli_classes()
+    p = parser_class(prog="recsys fit", description="Train a model, restore its best checkpoint, test it.",
+                     default_env=False, exit_on_error=exit_on_error)
+    p.add_argument("--config", action=config_action, help="YAML config (class_path/init_args).")
     p.add_argument("--run-dir", "--run_dir", dest="run_dir", type=str | None, default=None,
                    help="Output directory (default: runs/<time>-<config>).")
     p.add_argument("--seed", type=int, default=2026, help="Seed for weights, sampling and order.")
@@ -56,6 +59,87 @@ def build_fit_parser(exit_on_error: bool = True):
     add_model_arguments(p)
     p.add_class_arguments(L.Trainer, "trainer", instantiate=False, default={"max_epochs": 100})
     return p
+
+
+@functools.cache
+def _cli_classes():
+    """The fit parser's classes: command-line errors in one line, config-file errors naming the file.
+
+    Built on first use, so that importing this module does not import jsonargparse.
+    """
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    class FitParser(ArgumentParser):
+        """jsonargparse's parser, whose command-line errors are one line (``prog: error: ...``, exit status 2).
+
+        jsonargparse prints the whole usage (a hundred lines for fit) and a nested, multi-line explanation;
+        ``RECSYS_TRACEBACK=1`` (or ``JSONARGPARSE_DEBUG``) keeps that full report.
+        """
+
+        def parse_args(self, *args, **kwargs):
+            """jsonargparse's ``parse_args``, noting which ``--config`` files it reads (for :meth:`error`)."""
+            self._recsys_config_files: list[str] = []
+            return super().parse_args(*args, **kwargs)
+
+        def error(self, message: str, ex: Exception | None = None):
+            """Print ``message`` as one line naming the option or file, and exit with status 2.
+
+            Args:
+                message: jsonargparse's (multi-line) description of the failure.
+                ex: the exception behind it, if any.
+            """
+            if not self.exit_on_error or os.environ.get("RECSYS_TRACEBACK", "") not in ("", "0") \
+                    or os.environ.get("JSONARGPARSE_DEBUG"):
+                super().error(message, ex)
+            self._logger.error(message)
+            line = _cli_error_line(message)
+            source = getattr(self, "_recsys_config_file", None)
+            files = getattr(self, "_recsys_config_files", [])
+            if source is None and files and message.startswith("Option '"):
+                # An unknown key is found only when the merged config is validated, after every file was read;
+                # on the command line the same mistake is an "unrecognized argument", so it came from a file.
+                source = " / ".join(files)
+            if source is not None:
+                line = f"--config {source}: {line}"
+            sys.stderr.write(f"{self.prog}: error: {line} (`{self.prog} --help` lists the options)\n")
+            self.exit(2)
+
+    class ConfigFileAction(ActionConfigFile):
+        """``--config``, whose errors (YAML syntax, bad values) name the file they come from.
+
+        jsonargparse reports a bad file from deep inside its parse, through ``parser.error``, with the file's
+        content but not its name: the action records which file it is reading for :class:`FitParser` to name.
+        """
+
+        def __call__(self, parser, cfg, values, option_string=None):
+            """Read the config file ``values`` into ``cfg``, as jsonargparse does, with the file on record."""
+            parser._recsys_config_file = values
+            if isinstance(getattr(parser, "_recsys_config_files", None), list):
+                parser._recsys_config_files.append(str(values))
+            try:
+                super().__call__(parser, cfg, values, option_string)
+            finally:
+                parser._recsys_config_file = None
+
+    return FitParser, ConfigFileAction
+
+
+def _cli_error_line(message: str) -> str:
+    """One line for a jsonargparse command-line error: the failing key, what it expects and the given value."""
+    if "Parser key" in message:
+        line = _one_line(message)
+        given = re.search(r"^\s*Given value: (.*)$", message, flags=re.MULTILINE)
+        # A nested option's value is reported as jsonargparse's NestedArg(...) repr: the key already names it.
+        if given and given.group(1).strip() not in line and not given.group(1).startswith("NestedArg("):
+            line += f" (given: {given.group(1).strip()[:100]})"
+        prefix = message.split('Parser key "', 1)[0].strip()
+        line = f"{prefix} {line}" if prefix and prefix not in line else line
+    else:
+        # PyYAML locates a syntax error in '"<unicode string>", line 3, column 7': the file is named by the caller.
+        line = " ".join(message.split()).replace(' in "<unicode string>",', " at")
+    # "Expected a <class 'int'>" becomes "Expected an int".
+    line = re.sub(r"<class '([\w.]+)'>", r"\1", line)
+    return re.sub(r"\bExpected a (?=[aeiouAEIOU])", "Expected an ", line)[:500]
 
 
 def parse_run_config(text: str, source: str):

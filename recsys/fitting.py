@@ -110,14 +110,15 @@ def fit_run(argv: Sequence[str], *, dataset: RawDataset | None = None, callbacks
     # Under DDP Lightning re-runs this command once per extra rank; only rank 0 writes the run directory.
     rank0 = _launch_rank() == 0
     config_text = parser.dump(cfg, skip_none=False)
-    run = Run.create(run_dir, config_text) if rank0 else Run(run_dir)
     init = parser.instantiate(cfg)
     dm, model = init.data, init.model
     if resume:
-        dm.data = run.data()  # the interrupted run's own split, whatever its data source was
+        dm.data = Run(run_dir).data()  # the interrupted run's own split, whatever its data source was
     elif dataset is not None:
         dm.use_dataset(dataset)
+    # The data first: a dataset that fails to load or prepare leaves no half-made run directory behind.
     data = dm.prepare()
+    run = Run.create(run_dir, config_text) if rank0 else Run(run_dir)
     if rank0 and not resume:
         run.save_data(data)
     _say(data.summary(), quiet)
@@ -242,8 +243,17 @@ def _fit_lightning(init, cfg, model, dm, run, extra_callbacks=(), ckpt_path=None
             _say(f"no validation or test part: {targs.get('max_epochs')} epochs, no evaluation", quiet)
             targs["limit_val_batches"] = 0
     targs["callbacks"] = callbacks
-    if targs.get("logger") in (None, True):
-        targs["logger"] = CSVLogger(save_dir=str(run.path), name="logs", version="")
+    csv_log = CSVLogger(save_dir=str(run.path), name="logs", version="")
+    given = targs.get("logger")
+    if given in (None, True):
+        targs["logger"] = csv_log
+    elif given is not False:
+        # A configured logger (TensorBoard, MLflow, ...) gets everything; the run's own CSV log is kept beside it,
+        # because learning_curve.png, `recsys plot` and resumption read logs/metrics.csv.
+        given = list(given) if isinstance(given, (list, tuple)) else [given]
+        if not any(isinstance(g, CSVLogger) for g in given):
+            given.append(csv_log)
+        targs["logger"] = given
     targs.setdefault("default_root_dir", str(run.path))
     kept = _log_rows_before(run, ckpt_path) if ckpt_path else None
     trainer = L.Trainer(**targs)

@@ -26,15 +26,18 @@ class Progress:
         unit: the unit's name.
         every_s: seconds between log lines when not on a terminal.
         bar: force the bar on or off (None: a bar when stderr is a terminal and RECSYS_PROGRESS is not ``log``).
+        enabled: False counts silently (a caller's own ``progress=False`` option), as RECSYS_PROGRESS=off does.
+
+    A ``unit`` of ``"B"`` (bytes, e.g. a download) is shown scaled: KiB/MiB on the bar, MiB in log lines.
     """
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", every_s: float = 30.0,
-                 bar: bool | None = None) -> None:
+                 bar: bool | None = None, enabled: bool = True) -> None:
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_s
         self.n, self.t0 = 0, time.perf_counter()
         self._last = self.t0
         mode = os.environ.get("RECSYS_PROGRESS", "auto")
-        if mode == "off":
+        if mode == "off" or not enabled:
             bar, self._silent = False, True
         else:
             self._silent = False
@@ -44,7 +47,8 @@ class Progress:
         if bar:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+            scaled = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
+            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, **scaled)
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more units."""
@@ -59,12 +63,17 @@ class Progress:
 
     def _line(self, now: float) -> str:
         elapsed = now - self.t0
+        if self.unit == "B":
+            done, unit = f"{self.n / 2**20:.1f}", "MiB"
+            total = f"{self.total / 2**20:.1f}" if self.total else None
+        else:
+            done, unit, total = str(self.n), self.unit, str(self.total) if self.total else None
         if self.total:
             frac = self.n / self.total
             eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
-            return (f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * frac:.0f}%), {elapsed:.0f} s elapsed, "
+            return (f"{self.desc}: {done}/{total} {unit} ({100 * frac:.0f}%), {elapsed:.0f} s elapsed, "
                     f"ETA {eta:.0f} s")
-        return f"{self.desc}: {self.n} {self.unit}, {elapsed:.0f} s elapsed"
+        return f"{self.desc}: {done} {unit}, {elapsed:.0f} s elapsed"
 
     def close(self) -> None:
         """Finish the bar (the log mode says nothing more: the caller reports the result)."""

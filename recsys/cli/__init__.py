@@ -8,6 +8,7 @@ config with the fit parser first (see :mod:`recsys.runs`), which imports Lightni
 
 from __future__ import annotations
 
+import os
 import sys
 
 from recsys.cli._common import INDEX_HELP, _setup_logging, format_metrics
@@ -39,9 +40,23 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``recsys`` command; returns its exit status.
+
+    A mistake in the user's input (a :class:`recsys.errors.RecsysError`, a bad option) is reported in one line on
+    stderr. ``--traceback`` before the command, or ``RECSYS_TRACEBACK=1``, shows the full traceback (and
+    jsonargparse's full report of a bad option) instead.
+
+    Args:
+        argv: the arguments after ``recsys`` (default: ``sys.argv[1:]``).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--traceback":
+        # Through the environment, so that the fit parser and any re-launched DDP rank see it as well.
+        argv = argv[1:]
+        os.environ["RECSYS_TRACEBACK"] = "1"
     if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
+        print(_usage() + "\n\noptions:\n  --traceback  (before COMMAND, or RECSYS_TRACEBACK=1) show the full "
+              "traceback of an error, not its one-line message")
         return 0
     if argv[0] not in COMMANDS:
         print(f"recsys: unknown command {argv[0]!r}\n{_usage()}", file=sys.stderr)
@@ -49,16 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     from recsys.errors import RecsysError
 
+    traceback = os.environ.get("RECSYS_TRACEBACK", "") not in ("", "0")
     try:
         return COMMANDS[argv[0]](argv[1:])
     except RecsysError as e:
+        if traceback:
+            raise
         print(f"recsys {argv[0]}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if traceback:
+            raise
+        print(f"recsys {argv[0]}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # Output piped into `head` and closed: not an error of the command. Point stdout at devnull so the
         # interpreter's final flush does not raise again.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

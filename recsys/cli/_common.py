@@ -8,7 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
-from recsys.metrics.report import METRIC_ORDER, format_metrics  # noqa: F401  (re-exported for the verbs)
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """:func:`recsys.metrics.report.format_metrics`, imported on use (numpy and scipy cost every verb 0.3 s)."""
+    from recsys.metrics.report import format_metrics as fmt
+
+    return fmt(metrics)
 
 
 class _NoAdverts(logging.Filter):
@@ -24,6 +29,23 @@ def _setup_logging() -> None:
     # handler too, so every Lightning line printed twice: stop them at Lightning's handler.
     logging.getLogger("lightning").propagate = False
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    import warnings
+
+    # Lightning's own internals (a deprecated torch API it calls; the per-step logging interval, while recsys logs
+    # per epoch): nothing a user can act on, printed by every fit.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a bad value is argparse's one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 def _write_json(path: Path, obj) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from recsys.cli._common import _add_serving_args, _is_exact, _write_result, format_metrics
+from recsys.cli._common import _add_serving_args, _is_exact, _write_result, format_metrics, positive_int
 
 
 def cmd_evaluate(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="recsys evaluate", description="Full-ranking metrics of a finished run.")
     p.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
     p.add_argument("--split", choices=["valid", "test"], default="test")
-    p.add_argument("--ks", type=int, nargs="+", default=[10, 20])
+    p.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20])
     p.add_argument("--out", default=None,
                    help="JSON output (default RUN/eval_<split>.json, RUN/eval_<split>_<index>[_gallery].json with "
                         "--index or --gallery).")

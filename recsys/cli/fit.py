@@ -46,6 +46,10 @@ def _take_flag(argv: list[str], flag: str, with_value: bool = False) -> tuple[li
 
 
 def cmd_fit(argv: list[str]) -> int:
+    from recsys.cli.help_cache import cached_fit_help
+
+    if cached_fit_help(argv):  # a bare `recsys fit --help`: the cached text, without importing Lightning
+        return 0
     from recsys.fitting import fit_run, resume_argv
 
     argv, refit_all = _take_flag(argv, "--refit-all")

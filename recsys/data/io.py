@@ -107,7 +107,10 @@ def read_table(path: str | os.PathLike, sep: str | None = None, *, header: int |
                 df = pd.read_csv(path, sep=sep, **kwargs)
         except pd.errors.EmptyDataError as exc:
             raise DataError("empty file (no header and no data)", file=str(path)) from exc
-        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        except UnicodeDecodeError as exc:
+            raise DataError(f"not {encoding} text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}): a binary "
+                            "file, or text in another encoding", file=str(path)) from exc
+        except (pd.errors.ParserError, ValueError) as exc:
             raise DataError(f"cannot parse delimited text: {exc}", file=str(path)) from exc
     if len(df) == 0:
         raise DataError("empty file (header only, no data rows)", file=str(path))

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from recsys.data.interactions import preprocess, to_csr
 from recsys.data.splits import SPLIT_NAMES, TEST, TRAIN, VALID, carve_valid, resolve_method, split_interactions
 from recsys.data.vocab import Vocabulary
+from recsys.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,14 @@ class Preprocess:
     min_item_interactions: int = 0
     duplicates: str = "latest"
 
+    def __post_init__(self) -> None:
+        # Refused when the options are read, before any data is loaded.
+        if self.duplicates not in ("latest", "first", "keep"):
+            raise DataError(f"--data.preprocess.duplicates must be latest, first or keep, not {self.duplicates!r}")
+        for name in ("min_user_interactions", "min_item_interactions"):
+            if getattr(self, name) < 0:
+                raise DataError(f"--data.preprocess.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+
 
 @dataclass
 class SplitSpec:
@@ -211,6 +220,14 @@ class SplitSpec:
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 2026
     valid_from_train: float = 0.0
+
+    def __post_init__(self) -> None:
+        ratios = tuple(self.ratios)
+        if len(ratios) != 3 or any(not 0.0 <= r <= 1.0 for r in ratios):
+            raise DataError(f"--data.split.ratios must be three shares (train, valid, test) in [0, 1], got "
+                            f"{list(ratios)}")
+        if not 0.0 <= self.valid_from_train < 1.0:
+            raise DataError(f"--data.split.valid_from_train must be in [0, 1) (0 = off), got {self.valid_from_train}")
 
 
 def _align(table, key: str, vocab: Vocabulary):
@@ -241,6 +258,19 @@ def _split_note(split: SplitSpec, shipped: bool) -> str:
     return f"split: {method}" + (" (the dataset's own split ignored)" if shipped else "")
 
 
+def _check_fits(raw, preprocessing: Preprocess, split: SplitSpec) -> None:
+    """Refuse options the dataset cannot satisfy, naming the option (the splitters' own checks cannot)."""
+    columns = raw.interactions.columns
+    if preprocessing.rating_threshold is not None and "rating" not in columns:
+        raise DataError(f"--data.preprocess.rating_threshold is set but {raw.name!r} has no rating column")
+    method = resolve_method(split.method, "split" in columns)
+    if method == "predefined" and "split" not in columns:
+        raise DataError(f"--data.split.method predefined needs a dataset with its own split, and {raw.name!r} has "
+                        "none")
+    if method in ("temporal", "loo", "global_temporal") and "timestamp" not in columns:
+        raise DataError(f"--data.split.method {method} needs timestamps, and {raw.name!r} has none")
+
+
 def prepare(raw, preprocessing: Preprocess = Preprocess(), split: SplitSpec = SplitSpec()) -> PreparedData:
     """Preprocess, encode and split a ``RawDataset``; logs every dropped row.
 
@@ -248,14 +278,21 @@ def prepare(raw, preprocessing: Preprocess = Preprocess(), split: SplitSpec = Sp
         raw: a ``recsys.datasets.RawDataset``.
         preprocessing: filtering options.
         split: the split to make.
+
+    Raises:
+        DataError: an option the dataset cannot satisfy (a split that needs timestamps, ...), or preprocessing
+            left no interaction.
     """
+    _check_fits(raw, preprocessing, split)
     df, report = preprocess(raw.interactions, rating_threshold=preprocessing.rating_threshold,
                             min_user_interactions=preprocessing.min_user_interactions,
                             min_item_interactions=preprocessing.min_item_interactions,
                             duplicates=preprocessing.duplicates)
-    log.info("%s: %s", raw.name, report)
     if len(df) == 0:
-        raise ValueError(f"no interactions left in {raw.name!r} after preprocessing ({report})")
+        # The report is in the message: logged as well, it would print twice.
+        raise DataError(f"no interactions left in {raw.name!r} after preprocessing ({report}); relax "
+                        "--data.preprocess.*")
+    log.info("%s: %s", raw.name, report)
     user_vocab = Vocabulary.from_values(df["user"].to_numpy(), "user")
     item_vocab = Vocabulary.from_values(df["item"].to_numpy(), "item")
     users = user_vocab.encode(df["user"].to_numpy())
@@ -267,6 +304,11 @@ def prepare(raw, preprocessing: Preprocess = Preprocess(), split: SplitSpec = Sp
     labels = split_interactions(split.method, users, ts, ratios=split.ratios, seed=split.seed, predefined=predefined)
     note = _split_note(split, predefined is not None)
     if split.valid_from_train:
+        if (labels == VALID).any():
+            raise DataError(f"--data.split.valid_from_train carves a validation part from training, and the "
+                            f"{resolve_method(split.method, predefined is not None)!r} split of {raw.name!r} "
+                            "already has one: set it to 0, or split without one (e.g. --data.split.ratios "
+                            "[0.8,0,0.2])")
         labels = carve_valid(labels, users, split.valid_from_train, split.seed)
         note += f", validation carved from train ({split.valid_from_train:g} per user, seed {split.seed})"
     data = PreparedData(user_vocab, item_vocab, users, items, labels, ts,

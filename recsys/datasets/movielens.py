@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,9 @@ import pandas as pd
 from recsys.data.io import read_interactions, read_side_table, read_table
 from recsys.datasets.base import RawDataset
 from recsys.errors import DataError
+from recsys.progress import progress
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CITATION", "LICENCE", "MOVIELENS_VARIANTS", "default_cache_dir", "load_movielens"]
 
@@ -121,6 +125,15 @@ def _extract(archive: Path, dest: Path, variant: str) -> Path:
     return target
 
 
+def _content_length(response) -> int | None:
+    """The response's Content-Length in bytes, when the server sent a usable one."""
+    try:
+        n = int(response.headers.get("Content-Length", ""))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return n if n > 0 else None
+
+
 def _download(variant: str, cache_dir: Path) -> Path:
     """Fetch {variant}.zip with urllib, verify its checksum and unpack it; returns the data directory."""
     spec = MOVIELENS_VARIANTS[variant]
@@ -132,9 +145,14 @@ def _download(variant: str, cache_dir: Path) -> Path:
         digest = hashlib.sha256()
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    digest.update(block)
-                    out.write(block)
+                total = _content_length(response) or spec.archive_size
+                log.info("downloading %s (%s) into %s", url, f"{total / 2**20:.1f} MiB" if total else "size unknown",
+                         cache_dir)
+                with progress(total, f"downloading {variant}", "B") as bar:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+                        bar.update(len(block))
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             partial.unlink(missing_ok=True)
             raise DataError(f"MovieLens {variant!r} is not available locally and downloading {url} failed ({exc}); "
@@ -311,12 +329,11 @@ def load_movielens(variant: str = "ml-latest-small", path: str | os.PathLike | N
         (user, gender, age, occupation, zip_prefix) and provenance in meta.
 
     Raises:
-        ValueError: unknown variant.
-        DataError: files missing, checksum mismatch, malformed rows, or no local copy and no download possible
-            (the message says to pass path=DIR / --data.path DIR).
+        DataError: unknown variant, files missing, checksum mismatch, malformed rows, or no local copy and no
+            download possible (the message says to pass path=DIR / --data.path DIR).
     """
     if variant not in MOVIELENS_VARIANTS:
-        raise ValueError(f"unknown MovieLens variant {variant!r}; known: {sorted(MOVIELENS_VARIANTS)}")
+        raise DataError(f"unknown MovieLens variant {variant!r}; known: {sorted(MOVIELENS_VARIANTS)}")
     spec = MOVIELENS_VARIANTS[variant]
     directory, obtained = _resolve(variant, path, cache_dir, download)
     checksums, verified = _verify(directory, spec, verify)

@@ -11,6 +11,7 @@ from recsys.datasets.benchmark_txt import load_benchmark_txt
 from recsys.datasets.generic import load_generic
 from recsys.datasets.movielens import MOVIELENS_VARIANTS, load_movielens
 from recsys.datasets.synthetic import generate_synthetic
+from recsys.errors import DataError
 
 __all__ = ["available_datasets", "load_dataset", "register_dataset"]
 
@@ -19,14 +20,15 @@ DatasetLoader = Callable[..., RawDataset]
 
 def _synthetic(path: str | os.PathLike | None = None, **options) -> RawDataset:
     if path is not None:
-        raise ValueError("the synthetic dataset is generated, not read: drop path=... (use e.g. seed=, n_users=)")
+        raise DataError(f"the synthetic dataset is generated, not read: drop path={str(path)!r} (--data.path); "
+                        "its options are e.g. seed=, n_users= (--data.options)")
     return generate_synthetic(**options)
 
 
 def _needs_path(loader: DatasetLoader, dataset: str) -> DatasetLoader:
     def load(path: str | os.PathLike | None = None, **options) -> RawDataset:
         if path is None:
-            raise ValueError(f"dataset {dataset!r} needs path=... (--data.path on the command line)")
+            raise DataError(f"dataset {dataset!r} needs path=... (--data.path on the command line)")
         return loader(path, **options)
     return load
 
@@ -73,11 +75,12 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, **options) ->
         The RawDataset.
 
     Raises:
-        ValueError: unknown name (the message lists the known names) or a missing required path.
+        DataError: unknown name (the message lists the known names) or a missing required path (a ValueError
+            subclass, as raised before).
     """
     key = _normalise(name)
     key = _ALIASES.get(key, key)
     if key not in _LOADERS:
         known = ", ".join([*_LOADERS, *(f"{a} (= {t})" for a, t in _ALIASES.items())])
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {known}")
+        raise DataError(f"unknown dataset {name!r} (--data.dataset); known datasets: {known}")
     return _LOADERS[key](path=path, **options)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from recsys.datasets.base import RawDataset
+from recsys.errors import DataError
 
 __all__ = ["CATEGORY_VOCAB", "CONCEPT_VOCAB", "generate_synthetic"]
 
@@ -163,16 +164,17 @@ def generate_synthetic(n_users: int = 2000, n_items: int = 1000, n_interactions:
         age_group, country, device, true_concepts) and the ground truth in meta.
 
     Raises:
-        ValueError: sizes that cannot be satisfied.
+        DataError: sizes that cannot be satisfied (a ValueError).
     """
     start = time.perf_counter()
     n_categories = n_factors if n_categories is None else n_categories
     cap = max(1, n_items // 2)
     if min(n_users, n_items, n_factors, n_concepts, n_categories) < 1:
-        raise ValueError("n_users, n_items, n_factors, n_concepts and n_categories must be >= 1")
+        raise DataError("synthetic: n_users, n_items, n_factors, n_concepts and n_categories must be >= 1 "
+                        "(--data.options)")
     if not n_users <= n_interactions <= n_users * cap:
-        raise ValueError(f"n_interactions must be between n_users ({n_users}) and n_users * n_items // 2 "
-                         f"({n_users * cap}); got {n_interactions}")
+        raise DataError(f"synthetic: n_interactions must be between n_users ({n_users}) and n_users * n_items // 2 "
+                        f"({n_users * cap}); got {n_interactions} (--data.options)")
     rng = np.random.default_rng(seed)
     concept_names, concept_words = _concept_names(n_concepts)
     category_names, category_nouns = _category_names(n_categories)

@@ -29,6 +29,8 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from recsys.progress import progress
+
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MODEL_PACKAGE", "STATS", "EmbeddingCache", "LMEncoder", "Pooling", "Reduction", "default_cache_dir",
@@ -210,7 +212,8 @@ class LMEncoder:
         cache_dir: cache root (default ``$RECSYS_CACHE/lm`` or ``~/.cache/recsys/lm``); None uses the default.
         use_cache: read and write the cache.
         device: where the LM runs (default: CUDA when available, else CPU).
-        progress: show a tqdm bar while encoding.
+        progress: report encoding progress (a bar on a terminal, periodic log lines otherwise; see
+            :mod:`recsys.progress`).
 
     Shapes:
         encode: N texts -> [N, hidden] float32
@@ -268,13 +271,8 @@ class LMEncoder:
         self._load()
         order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
         out = None
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            # disable=None: a bar on a terminal, none in log files (a non-TTY gets every refresh as text).
-            bar = tqdm(total=len(texts), desc="LM encoding", unit="text", leave=False, disable=None)
-        try:
+        # A bar on a terminal; in log files (where a bar's refreshes are noise) a periodic line instead.
+        with progress(len(texts), "LM encoding", "text", enabled=self.progress) as bar:
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]
                 enc = self._tokenizer([texts[i] for i in idx], padding=True, truncation=True,
@@ -290,11 +288,7 @@ class LMEncoder:
                 if out is None:
                     out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
                 out[idx] = pooled.float().cpu().numpy()
-                if bar is not None:
-                    bar.update(len(idx))
-        finally:
-            if bar is not None:
-                bar.close()
+                bar.update(len(idx))
         return out if out is not None else np.zeros((0, self.dim), dtype=np.float32)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

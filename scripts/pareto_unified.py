@@ -149,28 +149,12 @@ def write_report(rows: list[dict], out: Path) -> None:
         lines.append("")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
-    import matplotlib
+    from recsys.plots import plot_tradeoff
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
-    for ax, ds in zip(axes[0], datasets, strict=True):
-        for layout in LAYOUTS:
-            pts = sorted((r["embedding_params"], r["test_ndcg@20"]) for r in rows
-                         if r["dataset"] == ds and r["layout"] == layout)
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=LABELS[layout])
-        ax.set_xscale("log")
-        ax.set_xlabel("embedding parameters (both towers)")
-        ax.set_ylabel("test ndcg@20")
-        ax.set_title(ds)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "pareto.png", dpi=120)
-    plt.close(fig)
+    panels = {ds: {LABELS[layout]: [(r["embedding_params"], r["test_ndcg@20"]) for r in rows
+                                    if r["dataset"] == ds and r["layout"] == layout] for layout in LAYOUTS}
+              for ds in dict.fromkeys(r["dataset"] for r in rows)}
+    plot_tradeoff(panels, out / "pareto.png", xlabel="embedding parameters (both towers)", ylabel="test ndcg@20")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,51 +126,31 @@ def compatible(runs: Path, rows: list, res: dict, name: str = "compat", old_name
 
 
 def plots(res: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """``quality_vs_dim.png`` (Matryoshka prefixes against native MF) and ``quality_vs_bytes.png`` (every module)."""
+    from recsys.plots import plot_tradeoff
 
     if "matryoshka" in res:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
         p, n = res["matryoshka"]["prefix"], res["matryoshka"]["native"]
-        ax.plot(list(p), list(p.values()), "o-", label="Matryoshka (one model, prefixes)")
-        if n:
-            ax.plot(sorted(n), [n[k] for k in sorted(n)], "s--", label="trained natively at each dim")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("embedding dimensions")
-        ax.set_ylabel(METRIC)
-        ax.set_title("P1: quality vs dim")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "quality_vs_dim.png", dpi=120)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    series = []
+        plot_tradeoff({"P1: quality vs dim": {"Matryoshka (one model, prefixes)": list(p.items()),
+                                               "trained natively at each dim": list(n.items())}},
+                      out / "quality_vs_dim.png", xlabel="embedding dimensions", ylabel=METRIC, log_base=2,
+                      panel_size=(5, 3.5), legend_fontsize=8)
+    series = {}
     if "matryoshka" in res:
-        series.append(("Matryoshka prefixes (float32)", [(4 * m, v) for m, v in res["matryoshka"]["prefix"].items()]))
-        series.append(("MF native (float32)", [(4 * m, v) for m, v in res["matryoshka"]["native"].items()]))
+        series["Matryoshka prefixes (float32)"] = [(4 * m, v) for m, v in res["matryoshka"]["prefix"].items()]
+        series["MF native (float32)"] = [(4 * m, v) for m, v in res["matryoshka"]["native"].items()]
     if "lowrank" in res:
-        series.append(("Low-rank, truncated", [(v["bytes_per_item"], v[METRIC]) for v in res["lowrank"].values()]))
+        series["Low-rank, truncated"] = [(v["bytes_per_item"], v[METRIC]) for v in res["lowrank"].values()]
     if "quantized" in res:
-        series.append(("Latent quantization", [(v["bytes_per_item"], v[METRIC]) for v in res["quantized"].values()]))
+        series["Latent quantization"] = [(v["bytes_per_item"], v[METRIC]) for v in res["quantized"].values()]
     if "binary" in res:
         b = res["binary"]
-        series.append(("Binary codes: Hamming only", [(b["bytes_per_item_codes"], b["hamming_only"])]))
-        series.append(("Binary codes: shortlist 200 + float", [(b["bytes_per_item_codes"],
-                                                                 b["hamming_shortlist_200_rerank"])]))
-    for name, pts in series:
-        if pts:
-            pts = sorted(pts)
-            ax.plot([x for x, _ in pts], [y for _, y in pts], "o-", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("bytes per item (stored code or vector)")
-    ax.set_ylabel(METRIC)
-    ax.set_title("P1: quality vs bytes per item")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "quality_vs_bytes.png", dpi=120)
-    plt.close(fig)
+        series["Binary codes: Hamming only"] = [(b["bytes_per_item_codes"], b["hamming_only"])]
+        series["Binary codes: shortlist 200 + float"] = [(b["bytes_per_item_codes"],
+                                                          b["hamming_shortlist_200_rerank"])]
+    plot_tradeoff({"P1: quality vs bytes per item": series}, out / "quality_vs_bytes.png",
+                  xlabel="bytes per item (stored code or vector)", ylabel=METRIC, log_base=2, panel_size=(6, 4),
+                  legend_fontsize=7)
 
 
 def markdown(rows: list, res: dict) -> str:

@@ -12,17 +12,19 @@ import os
 import sys
 
 from recsys.cli._common import INDEX_HELP, _setup_logging, format_metrics
+from recsys.cli.compare import cmd_compare
 from recsys.cli.configs import cmd_configs
 from recsys.cli.data import cmd_data
 from recsys.cli.evaluate import cmd_evaluate
 from recsys.cli.export import cmd_export
 from recsys.cli.fit import cmd_fit
+from recsys.cli.plot import cmd_plot
 from recsys.cli.score import cmd_score
 
 __all__ = ["COMMANDS", "INDEX_HELP", "VERBS", "format_metrics", "main"]
 
 COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "score": cmd_score, "export": cmd_export, "data": cmd_data,
-            "configs": cmd_configs}
+            "configs": cmd_configs, "plot": cmd_plot, "compare": cmd_compare}
 VERBS = {
     "fit": "train a model from a YAML config into a run directory (model, metrics, logs, learning curve)",
     "evaluate": "full-ranking metrics of a finished run on its valid or test split",
@@ -30,6 +32,8 @@ VERBS = {
     "export": "user and item embeddings of a finished run, as Parquet with external IDs",
     "data": "load a dataset and print what it holds (sizes, split, side tables)",
     "configs": "list the packaged configs (recsys fit --config NAME), one line each",
+    "plot": "learning curves of one or more runs overlaid in one PNG (training loss, validation metric)",
+    "compare": "test metrics of runs with bootstrap CIs and Holm-corrected paired p-values (table, bar chart)",
 }
 
 

@@ -6,8 +6,10 @@ import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 PER_USER = "per_user_test.parquet"
 _TESTS = {"ttest": "two-sided paired t-test", "wilcoxon": "two-sided Wilcoxon signed-rank test",
@@ -40,6 +42,7 @@ class _RunResult:
 
 def _load(label: str, path: str) -> _RunResult:
     """Read a finished run's per-user test values and its test split (external IDs, without pandas)."""
+    import numpy as np
     import pyarrow.parquet as pq
 
     from recsys.data.splits import TEST
@@ -139,6 +142,8 @@ def cmd_compare(argv: list[str]) -> int:
         RunDirError: a run directory is missing or lacks its per-user test values.
         DataError: the runs were evaluated on different data, or a metric is not in every run's per-user file.
     """
+    import numpy as np
+
     p = argparse.ArgumentParser(
         prog="recsys compare",
         description="Test metrics of finished runs with bootstrap confidence intervals (users resampled) and "

@@ -166,7 +166,7 @@ def test_faiss_hnsw_has_high_recall_and_honours_exclusions():
 
 def test_faiss_missing_gives_one_line_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
-    with pytest.raises(ImportError, match=r"^faiss is not installed: pip install faiss-cpu$"):
+    with pytest.raises(ImportError, match=r"^faiss is not installed: pip install 'recsys\[ann\]'$"):
         FaissIndex(torch.randn(5, 3))
 
 
@@ -317,7 +317,7 @@ def test_spec_parses_typed_values():
     ("seismic:summary_energy=x", "index 'seismic': option 'summary_energy' must be a number, got 'x'"),
     ("exact:dim=3", "index 'exact' has no option 'dim'; allowed: none"),
     ("exact:fast", "index 'exact': expected OPTION=VALUE, got 'fast'"),
-    ("faiss:annoy", "index 'faiss': option 'index' must be one of flat, ivf, hnsw, got 'annoy'"),
+    ("faiss:annoy", "index 'faiss': option 'index' must be one of flat, ivf, hnsw, binary, got 'annoy'"),
     ("faiss:flat,nprobe=3", "index 'faiss': option 'nprobe' applies to index=ivf only, not index=flat"),
     ("faiss:ivf,ef_search=3", "index 'faiss': option 'ef_search' applies to index=hnsw only"),
     ("lowrank:dim=8", "index 'lowrank' has no option 'dim'; allowed: rank"),

@@ -126,7 +126,7 @@ def test_evaluate_with_a_gallery_and_an_index(mf_run, capsys):
     ("nosuch", "argument --index: unknown index kind 'nosuch'; allowed: exact, prefix"),
     ("prefix:dim=32,shortlist=5", "option 'shortlist' needs option 'coarse'"),
     ("hamming:codes_only=true,shortlist=5", "it takes no 'shortlist' or 'dim'"),
-    ("faiss:annoy", "index 'faiss': option 'index' must be one of flat, ivf, hnsw, got 'annoy'"),
+    ("faiss:annoy", "index 'faiss': option 'index' must be one of flat, ivf, hnsw, binary, got 'annoy'"),
 ])
 @pytest.mark.parametrize("command", ["evaluate", "score"])
 def test_bad_spec_is_one_argparse_line_and_writes_nothing(mf_run, tmp_path, capsys, spec, message, command):
@@ -163,7 +163,7 @@ def test_missing_faiss_is_one_line(mf_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "o.parquet"
     assert main(["score", "--run-dir", str(mf_run), "--out", str(out), "--index", "faiss:hnsw,m=8"]) == 1
     line = _error_line(capsys.readouterr().err, "score")
-    assert line == "recsys score: error: faiss is not installed: pip install faiss-cpu"
+    assert line == "recsys score: error: faiss is not installed: pip install 'recsys[ann]'"
     assert not out.exists()
 
 
@@ -206,5 +206,5 @@ def test_new_items_keep_plain_table_indexes_and_drop_the_stored_index_tables():
 
 def test_missing_faiss_is_a_recsys_error(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "faiss", None)
-    with pytest.raises(MissingDependencyError, match="pip install faiss-cpu"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'recsys\[ann\]'"):
         table_score_fn(torch.randn(2, 4), torch.randn(5, 4), index=parse_index_spec("faiss"))

@@ -20,7 +20,9 @@ index from what a run stores (:class:`ServingTables`)::
     lowrank:rank=8                          a low-rank model truncated to rank 8 (no retraining)
     quantized                               latent-quantization codes, scored against their codebook
     seismic:n_postings=2000,query_cut=10    the Seismic inverted index (non-negative concept vectors)
-    faiss:hnsw,m=32                         a faiss index (flat, ivf or hnsw; needs ``pip install faiss-cpu``)
+    faiss:flat                              faiss exact inner product (``faiss:ivf,nlist=N,nprobe=P``,
+                                            ``faiss:hnsw,m=32``, ``faiss:binary[,shortlist=200]``: sign codes;
+                                            :mod:`recsys.scoring.faiss_index`, ``pip install 'recsys[ann]'``)
 
 Combinations that cannot work are not expressible (a ``shortlist`` needs a ``coarse`` pass; ``codes_only`` takes
 no re-rank ``dim``; ``seismic`` has no prefix option); bad specs raise a one-line ``ValueError``.
@@ -59,7 +61,7 @@ from recsys.scoring.topk import (
 )
 
 __all__ = [
-    "DenseIndex", "ExactSpec", "FaissIndex", "FaissSpec", "HammingIndex", "HammingSpec", "IndexSpec", "ItemIndex",
+    "DenseIndex", "ExactSpec", "FaissSpec", "HammingIndex", "HammingSpec", "IndexSpec", "ItemIndex",
     "LowRankIndex", "LowRankSpec", "PrefixSpec", "QuantizedIndex", "QuantizedScore", "QuantizedSpec",
     "SearchScore", "SeismicItemIndex", "SeismicSpec", "ServingTables", "parse_index_spec",
 ]
@@ -414,73 +416,13 @@ class SeismicItemIndex(ItemIndex):
         return self.index.bytes_per_item()
 
 
-class FaissIndex(ItemIndex):
-    """A faiss inner-product index: ``flat`` (exact), ``ivf`` (inverted lists) or ``hnsw`` (graph).
+def __getattr__(name: str):
+    """``FaissIndex`` and ``FaissBinaryIndex`` live in :mod:`recsys.scoring.faiss_index` (which imports this module)."""
+    if name in ("FaissIndex", "FaissBinaryIndex"):
+        from recsys.scoring import faiss_index
 
-    Exclusions are honoured by searching ``k`` plus the chunk's largest exclusion count and dropping excluded
-    items, so a query never loses list slots to them.
-
-    Args:
-        items: scorer-prepared item table.
-        index: ``flat``, ``ivf`` or ``hnsw``.
-        nlist: ``ivf`` lists (``√N`` when None); nprobe: lists visited per query (8 when None).
-        m: ``hnsw`` neighbours per node (32 when None); ef_search: its search beam (64 when None).
-
-    Shapes:
-        items: [N, D]; queries: [U, D]
-    """
-
-    def __init__(self, items: Tensor, index: str = "flat", nlist: int | None = None, nprobe: int | None = None,
-                 m: int | None = None, ef_search: int | None = None) -> None:
-        try:
-            import faiss
-        except ImportError:
-            raise ImportError("faiss is not installed: pip install faiss-cpu") from None
-        x = np.ascontiguousarray(items.detach().cpu().float().numpy())
-        n, d = x.shape
-        ip = faiss.METRIC_INNER_PRODUCT
-        if index == "flat":
-            built = faiss.IndexFlatIP(d)
-        elif index == "ivf":
-            lists = min(n, nlist or max(1, round(math.sqrt(n))))
-            built = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, ip)
-            built.train(x)
-            built.nprobe = min(lists, nprobe or 8)
-        elif index == "hnsw":
-            built = faiss.IndexHNSWFlat(d, m or 32, ip)
-            built.hnsw.efSearch = ef_search or 64
-        else:
-            raise ValueError(f"faiss index must be flat, ivf or hnsw, not {index!r}")
-        built.add(x)
-        self.faiss, self.index, self.n_items = faiss, built, n
-
-    def _search(self, q: np.ndarray, k: int, exclude, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pos, excluded = _excluded_pairs(exclude, rows)
-        extra = int(np.bincount(pos, minlength=1).max()) if len(pos) else 0
-        scores, ids = self.index.search(np.ascontiguousarray(q, dtype=np.float32), min(self.n_items, k + extra))
-        bad = ids < 0
-        if len(pos):
-            keys = np.arange(len(rows))[:, None] * self.n_items + ids
-            bad |= np.isin(keys, pos * self.n_items + excluded)
-        ids[bad], scores[bad] = -1, -np.inf
-        return ids, scores
-
-    def score_function(self, queries: Tensor | None = None, exclude=None) -> SearchScore:
-        q = self._query_table(queries).detach().cpu().float().numpy()
-        return SearchScore(self._search, q, self.n_items, exclude)
-
-    def bytes_per_item(self) -> float:
-        return len(self.faiss.serialize_index(self.index)) / max(1, self.n_items)
-
-
-def _excluded_pairs(exclude, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position in ``rows``, item) of every excluded pair of ``rows``: the CSR rows gathered without a loop."""
-    if exclude is None or not len(rows):
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    starts, lens = exclude.indptr[rows], exclude.indptr[rows + 1] - exclude.indptr[rows]
-    total = int(lens.sum())
-    offs = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
-    return np.repeat(np.arange(len(rows)), lens), exclude.indices[offs].astype(np.int64)
+        return getattr(faiss_index, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- specs
@@ -516,8 +458,14 @@ class IndexSpec(ABC):
         """
 
     def __str__(self) -> str:
-        opts = [f"{f.name}={_format(getattr(self, f.name))}" for f in fields(self)
-                if getattr(self, f.name) != f.default]
+        # The positional option comes first, bare and even at its default: it names the variant (``faiss:flat``).
+        opts = []
+        for f in sorted(fields(self), key=lambda f: f.name != self.positional):
+            v = getattr(self, f.name)
+            if f.name == self.positional:
+                opts.append(_format(v))
+            elif v != f.default:
+                opts.append(f"{f.name}={_format(v)}")
         return self.kind + (":" + ",".join(opts) if opts else "")
 
     def tag(self) -> str:
@@ -684,29 +632,41 @@ class SeismicSpec(IndexSpec):
 @_register
 @dataclass(frozen=True)
 class FaissSpec(IndexSpec):
-    """``faiss[:flat|ivf|hnsw,...]``: a faiss inner-product index (``pip install faiss-cpu``).
+    """``faiss[:flat|ivf|hnsw|binary,...]``: a faiss index (:mod:`recsys.scoring.faiss_index`; ``[ann]`` extra).
 
     Args:
-        index: ``flat`` (exact), ``ivf`` or ``hnsw``.
+        index: ``flat`` (exact inner product), ``ivf`` (inverted lists, k-means trained on the item table),
+            ``hnsw`` (graph) or ``binary`` (sign-bit codes, Hamming distance).
         nlist, nprobe: ``ivf`` only: lists (√N when None) and lists visited per query (8 when None).
         m, ef_search: ``hnsw`` only: neighbours per node (32 when None) and the search beam (64 when None).
+        shortlist: ``binary`` only: re-rank each query's ``shortlist`` nearest codes by the float inner product
+            (codes alone when None).
     """
 
     kind: ClassVar[str] = "faiss"
     positional: ClassVar[str | None] = "index"
-    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    #: the faiss index kind each option belongs to.
+    OWNERS: ClassVar[dict[str, str]] = {"nlist": "ivf", "nprobe": "ivf", "m": "hnsw", "ef_search": "hnsw",
+                                        "shortlist": "binary"}
+    index: Literal["flat", "ivf", "hnsw", "binary"] = "flat"
     nlist: int | None = None
     nprobe: int | None = None
     m: int | None = None
     ef_search: int | None = None
+    shortlist: int | None = None
 
     def check(self) -> None:
-        self._at_least(1, "nlist", "nprobe", "m", "ef_search")
-        for name, owner in (("nlist", "ivf"), ("nprobe", "ivf"), ("m", "hnsw"), ("ef_search", "hnsw")):
+        self._at_least(1, *self.OWNERS)
+        for name, owner in self.OWNERS.items():
             if getattr(self, name) is not None and self.index != owner:
                 raise self._fail(f"option '{name}' applies to index={owner} only, not index={self.index}")
 
-    def build(self, tables: ServingTables) -> FaissIndex:
+    def build(self, tables: ServingTables) -> ItemIndex:
+        # Imported here: faiss_index subclasses this module's ItemIndex, and faiss itself is optional.
+        from recsys.scoring.faiss_index import FaissBinaryIndex, FaissIndex
+
+        if self.index == "binary":
+            return _with_queries(FaissBinaryIndex(tables.items, self.shortlist), tables.queries)
         index = FaissIndex(tables.items, self.index, self.nlist, self.nprobe, self.m, self.ef_search)
         return _with_queries(index, tables.queries)
 

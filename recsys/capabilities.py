@@ -15,15 +15,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 from torch import Tensor
 
 if TYPE_CHECKING:
     import pandas as pd
+    import scipy.sparse as sp
 
     from recsys.data.batch import Batch
 
-__all__ = ["CAPABILITIES", "EmbedsNewItems", "EncodesPositions", "EpochAware", "ExplicitConcepts", "NestedLoss",
-           "ScoresAgainstTable", "StepOutput", "UsesGallery", "capabilities_of"]
+__all__ = ["CAPABILITIES", "SERVING_CAPABILITIES", "EmbedsNewItems", "EncodesPositions", "EpochAware",
+           "ExplicitConcepts", "FoldsIn", "Histories", "NestedLoss", "ScoresAgainstTable", "ScoresHistories",
+           "StepOutput", "UsesGallery", "capabilities_of"]
 
 
 @dataclass
@@ -138,6 +141,115 @@ class UsesGallery:
         raise NotImplementedError
 
 
+@dataclass
+class Histories:
+    """Item histories given at serving time, one row per user; the users need not be in the training data.
+
+    What ``recsys score --histories`` hands to :class:`FoldsIn` and :class:`ScoresHistories` models, already mapped
+    to the run's item rows (unknown items dropped).
+
+    Args:
+        indptr: row offsets: history ``b`` is ``items[indptr[b]:indptr[b + 1]]``.
+        items: item rows of every history in chronological order (most recent last); an item may repeat.
+        n_items: the catalogue size (the width of :meth:`matrix`).
+
+    Shapes:
+        indptr: [B + 1]; items: [nnz]
+    """
+
+    indptr: np.ndarray
+    items: np.ndarray
+    n_items: int
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[Sequence[int]], n_items: int) -> Histories:
+        """Histories from one list of item rows per user (chronological)."""
+        lens = np.array([len(x) for x in lists], dtype=np.int64)
+        items = np.concatenate([np.asarray(x, dtype=np.int64) for x in lists]) if len(lists) else np.zeros(0)
+        return cls(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), items.astype(np.int64), n_items)
+
+    def select(self, rows: np.ndarray) -> Histories:
+        """The histories of ``rows``, renumbered ``0..len(rows)-1``.
+
+        Shapes:
+            rows: [R] -> Histories of R users
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        lens = ends - starts
+        offs = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
+        return Histories(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64), self.items[offs], self.n_items)
+
+    def matrix(self) -> sp.csr_matrix:
+        """The binary user × item matrix of the histories (a repeated item counts once, as in training).
+
+        Shapes:
+            -> [B, n_items] float32
+        """
+        import scipy.sparse as sp
+
+        rows = np.repeat(np.arange(len(self)), np.diff(self.indptr))
+        m = sp.csr_matrix((np.ones(len(self.items), dtype=np.float32), (rows, self.items)),
+                          shape=(len(self), self.n_items))
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        return m
+
+    def sequences(self, max_len: int) -> np.ndarray:
+        """The most recent ``max_len`` items of each history, right-aligned and left-padded with -1, as
+        ``PreparedData.history`` gives training users' histories.
+
+        Shapes:
+            -> [B, max_len] int64
+        """
+        out = np.full((len(self), max_len), -1, dtype=np.int64)
+        ends = self.indptr[1:]
+        lens = np.minimum(np.diff(self.indptr), max_len)
+        cols = np.arange(max_len)
+        valid = cols[None, :] >= (max_len - lens)[:, None]
+        src = ends[:, None] - (max_len - cols)[None, :]
+        out[valid] = self.items[src[valid]]
+        return out
+
+
+class FoldsIn:
+    """The encoder (or factor model) embeds a query from an item history alone: users unseen in training.
+
+    History encoders (SASRec, Recformer, AlphaRec, the history-mean linear probe) encode the history as they
+    encode a training user's; ID models (MF, ALS, BPR) fold the user in by least squares against their fixed item
+    table (:func:`recsys.encoders.id.least_squares_fold_in`).
+
+    Called by: ``recsys score --histories`` (``recsys.scoring.fold_in``), which scores the queries against the run's
+    item table after the model's scorer prepares them.
+    """
+
+    def fold_in(self, histories: Histories) -> Tensor:
+        """Query embeddings of the histories' users, as :meth:`encode_queries` would give them (before the scorer).
+
+        Shapes:
+            histories: B users -> [B, D]
+        """
+        raise NotImplementedError
+
+
+class ScoresHistories:
+    """The model scores items from a user's item history directly, without a query embedding (EASE, item-kNN).
+
+    Called by: ``recsys score --histories`` (``recsys.scoring.fold_in``) for models that store no embedding tables.
+    """
+
+    def score_histories(self, histories: Histories, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """Scores of every item for the histories ``rows``, written into ``out`` when given.
+
+        Shapes:
+            rows: [R] rows of ``histories`` -> [R, n_items]
+        """
+        raise NotImplementedError
+
+
 class NestedLoss:
     """A loss over several prefix sizes of one set of embeddings (Matryoshka).
 
@@ -152,6 +264,12 @@ class NestedLoss:
 #: the encoder capabilities a wrapper must keep (``NestedLoss`` is a loss capability).
 CAPABILITIES: tuple[type, ...] = (ScoresAgainstTable, EncodesPositions, EpochAware, EmbedsNewItems,
                                   ExplicitConcepts, UsesGallery)
+
+
+#: the serving capabilities of whole models (:meth:`recsys.recommender.Recommender.capability` answers for them).
+#: Encoder wrappers do not delegate them yet: a wrapped encoder (``Matryoshka(MF)``) has no fold-in, and
+#: ``recsys score --histories`` says so in one line.
+SERVING_CAPABILITIES: tuple[type, ...] = (FoldsIn, ScoresHistories)
 
 
 def capabilities_of(obj) -> tuple[type, ...]:

@@ -105,9 +105,18 @@ class Recommender:
     def capability(self, cap: type[C]) -> C | None:
         """The part of this model that has the declared capability ``cap`` (:mod:`recsys.capabilities`), or None.
 
-        Embedding models answer for their encoder; models without an encoder have none.
+        Embedding models answer for their encoder; baselines for themselves.
         """
         return None
+
+    def prepare_queries(self, queries: Tensor) -> Tensor:
+        """Raw query embeddings (a :class:`~recsys.capabilities.FoldsIn` model's) made GEMM-ready against the item
+        table of :meth:`serving_tables`: the scorer's preparation; unchanged here.
+
+        Shapes:
+            queries: [B, D] -> [B, D]
+        """
+        return queries
 
     def new_item_table(self, table: pd.DataFrame) -> Tensor:
         """Scorer-prepared embeddings of items unseen in training, from their side-table rows.
@@ -154,6 +163,9 @@ class EmbeddingModel(Recommender):
 
     def capability(self, cap: type[C]) -> C | None:
         return self.encoder if isinstance(self.encoder, cap) else None
+
+    def prepare_queries(self, queries: Tensor) -> Tensor:
+        return self.scorer.prepare_queries(queries)
 
     @torch.no_grad()
     def new_item_table(self, table: pd.DataFrame) -> Tensor:
@@ -219,7 +231,7 @@ def embedding_tables(encoder, scorer, data, up_to: str = "train", users: np.ndar
 
 def table_score_fn(queries: Tensor, items: Tensor, *, normalize: bool = False, index: IndexSpec | None = None,
                    extras: dict[str, Tensor] | None = None, gallery: Tensor | None = None,
-                   extra_items: Tensor | None = None, exclude=None) -> ScoreFn:
+                   extra_items: Tensor | None = None, exclude=None, extra_queries: Tensor | None = None) -> ScoreFn:
     """A score function over scorer-prepared tables: exact GEMM, or through an item index built over them.
 
     Args:
@@ -232,6 +244,8 @@ def table_score_fn(queries: Tensor, items: Tensor, *, normalize: bool = False, i
             queries keep their first ``D_gallery`` coordinates, the compatible subspace.
         extra_items: scorer-prepared rows appended after the item table (items unseen in training).
         exclude: CSR of items a shortlisting index must not take (the evaluator's or the job's exclusions).
+        extra_queries: scorer-prepared rows appended after the query table (users folded in from histories,
+            :mod:`recsys.scoring.fold_in`); their rows follow the trained users'.
 
     Raises:
         DataError: the index needs tables that are not there (e.g. ``lowrank`` without factor tables).
@@ -239,8 +253,10 @@ def table_score_fn(queries: Tensor, items: Tensor, *, normalize: bool = False, i
         MissingDependencyError: the index's optional package (faiss) is not installed.
 
     Shapes:
-        queries: [U, D]; items: [N, D]; gallery: [N, D_gallery]; extra_items: [M, D]
+        queries: [U, D]; items: [N, D]; gallery: [N, D_gallery]; extra_items: [M, D]; extra_queries: [H, D]
     """
+    if extra_queries is not None:
+        queries = torch.cat([queries, extra_queries.to(queries.dtype)])
     if gallery is not None:
         items = gallery
         queries = queries[:, :items.shape[1]].contiguous()
@@ -248,10 +264,11 @@ def table_score_fn(queries: Tensor, items: Tensor, *, normalize: bool = False, i
         items = torch.cat([items, extra_items.to(items.dtype)])
     if index is None or isinstance(index, ExactSpec):
         return gemm_score_fn(queries, items)
-    # A gallery or new items replace the item table: factor tables and codes describe the old one, so none are
-    # passed and an index that needs them fails with its own "needs ..." error.
+    # A gallery or new items replace the item table, folded-in users extend the query table: factor tables and
+    # codes describe the old ones, so none are passed and an index that needs them fails with its own "needs ..."
+    # error.
     kept = {k: v for k, v in (extras or {}).items() if k in ServingTables.EXTRAS and v is not None}
-    dropped = bool(kept) and (gallery is not None or extra_items is not None)
+    dropped = bool(kept) and (gallery is not None or extra_items is not None or extra_queries is not None)
     tables = ServingTables(queries, items, normalize, **({} if dropped else kept))
     return build_index(index, tables, dropped).score_function(exclude=exclude)
 
@@ -262,8 +279,8 @@ def build_index(index: IndexSpec, tables: ServingTables, dropped: bool = False) 
     Args:
         index: the parsed spec.
         tables: what the run (or model) serves.
-        dropped: the model's extra tables were left out because a gallery or new items replaced the item table;
-            a missing-table error then says so.
+        dropped: the model's extra tables were left out because a gallery or new items replaced the item table
+            (or folded-in users extended the query table); a missing-table error then says so.
 
     Raises:
         DataError: the run does not store what this kind needs.
@@ -274,8 +291,9 @@ def build_index(index: IndexSpec, tables: ServingTables, dropped: bool = False) 
         return index.build(tables)
     except RecsysError as e:
         if dropped and isinstance(e, DataError):
-            raise DataError(f"{e}: a gallery or new items replace the item table, so its stored index tables do "
-                            "not apply (plain-table kinds do: exact, prefix, hamming, seismic, faiss)") from None
+            raise DataError(f"{e}: a gallery or new items replace the item table and --histories users extend the "
+                            "query table, so its stored index tables do not apply (plain-table kinds do: exact, "
+                            "prefix, hamming, seismic, faiss)") from None
         raise
     except ImportError as e:
         raise MissingDependencyError(str(e)) from None

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import Tensor, nn
 
 from recsys.recommender import LightningFit, Recommender
 from recsys.scoring.topk import ScoreFn
+
+C = TypeVar("C")
 
 
 class Baseline(nn.Module, Recommender):
@@ -40,6 +44,10 @@ class Baseline(nn.Module, Recommender):
 
     def bind(self, data) -> None:
         """Restore data-dependent context before loading a checkpoint (none: the buffers hold everything)."""
+
+    def capability(self, cap: type[C]) -> C | None:
+        """This baseline itself when its class declares ``cap`` (e.g. :class:`recsys.capabilities.ScoresHistories`)."""
+        return self if isinstance(self, cap) else None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Buffers are empty until fit; take the stored shapes so a fresh instance can load a checkpoint.

@@ -3,6 +3,8 @@ that the item-item baselines (EASE, item-kNN) share."""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Literal
 
 import numpy as np
@@ -11,7 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from recsys.baselines.base import Baseline
+from recsys.capabilities import Histories, ScoresHistories
+from recsys.progress import progress
 from recsys.recommender import LightningFit
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EASE", "csr_from_buffers", "ease_weights", "gather_rows", "set_csr_buffers"]
 
@@ -87,14 +93,19 @@ def ease_weights(X: sp.spmatrix, l2: float, method: str = "auto", block: int = 2
     Shapes:
         X: [U, I] -> B: [I, I] float32
     """
-    if method == "primal32":
-        return _ease_primal32(sp.csr_matrix(X, dtype=np.float32), l2, block)
-    X = sp.csr_matrix(X, dtype=np.float64)
     n_users, n_items = X.shape
     if method == "auto":
         method = "dual" if float(n_users) ** 3 + float(X.nnz) * n_items < float(n_items) ** 3 else "primal"
-    if method not in ("primal", "dual"):
+    if method not in ("primal", "dual", "primal32"):
         raise ValueError(f"method must be 'auto', 'primal', 'dual' or 'primal32', not {method!r}")
+    # The Cholesky factorisations are single calls with no progress to report: one line before and after.
+    log.info("EASE: solving for the %d x %d item weights (%s route, %d users)", n_items, n_items, method, n_users)
+    t = time.perf_counter()
+    if method == "primal32":
+        B = _ease_primal32(sp.csr_matrix(X, dtype=np.float32), l2, block)
+        log.info("EASE: weights solved in %.1f s", time.perf_counter() - t)
+        return B
+    X = sp.csr_matrix(X, dtype=np.float64)
     if method == "primal":
         G = torch.from_numpy((X.T @ X).toarray())
         G.diagonal().add_(l2)
@@ -117,10 +128,13 @@ def ease_weights(X: sp.spmatrix, l2: float, method: str = "auto", block: int = 2
         B = torch.empty((n_items, n_items), dtype=torch.float32)
         Wn, XT = W.numpy(), X.T.tocsr()
         # Sparse Xᵀ times dense W: nnz·I multiply-adds instead of the dense product's U·I².
-        for s in range(0, n_items, block):
-            B[s:s + block] = torch.from_numpy(XT[s:s + block] @ Wn).mul_(scale)
+        with progress(n_items, "EASE: forming item weight rows", "items") as bar:
+            for s in range(0, n_items, block):
+                B[s:s + block] = torch.from_numpy(XT[s:s + block] @ Wn).mul_(scale)
+                bar.update(min(block, n_items - s))
     # An item without training interactions has a zero row and column in XᵀX, hence a zero column in B.
     B.fill_diagonal_(0.0)
+    log.info("EASE: weights solved in %.1f s", time.perf_counter() - t)
     return B
 
 
@@ -156,7 +170,7 @@ def _ease_primal32(X: sp.csr_matrix, l2: float, block: int) -> Tensor:
     return B.fill_diagonal_(0.0)
 
 
-class EASE(Baseline):
+class EASE(ScoresHistories, Baseline):
     """EASE: a linear item-item autoencoder with a zero-diagonal constraint, fitted in closed form.
 
     Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019. Scores are ``X[users] @ B`` with ``X``
@@ -200,8 +214,27 @@ class EASE(Baseline):
             users: [B] -> [B, n_items]
         """
         r, c, v = gather_rows(self.train_indptr, self.train_indices, self.train_data, users)
-        x = torch.sparse_coo_tensor(torch.stack([r, c]), v, (len(users), self.weights.shape[0]),
-                                    check_invariants=False)
+        return self._times_weights(torch.stack([r, c]), v, len(users), out)
+
+    @torch.no_grad()
+    def score_histories(self, histories: Histories, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """``x @ B`` for the binary rows ``x`` of the histories: EASE's score for any item set, no refit needed.
+
+        Shapes:
+            rows: [R] -> [R, n_items]
+        """
+        x = histories.select(rows.cpu().numpy()).matrix().tocoo()
+        dev = self.weights.device
+        index = torch.from_numpy(np.vstack([x.row, x.col]).astype(np.int64)).to(dev)
+        return self._times_weights(index, torch.from_numpy(x.data).to(dev), len(rows), out)
+
+    def _times_weights(self, index: Tensor, values: Tensor, n_rows: int, out: Tensor | None) -> Tensor:
+        """A sparse ``[n_rows, n_items]`` matrix given as COO triplets, times B.
+
+        Shapes:
+            index: [2, nnz]; values: [nnz] -> [n_rows, n_items]
+        """
+        x = torch.sparse_coo_tensor(index, values, (n_rows, self.weights.shape[0]), check_invariants=False)
         if out is None:
             return torch.mm(x, self.weights)
         return torch.mm(x, self.weights, out=out)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from recsys.baselines.base import Baseline
 from recsys.baselines.ease import csr_from_buffers, set_csr_buffers
+from recsys.capabilities import Histories, ScoresHistories
 from recsys.recommender import LightningFit
 
 __all__ = ["GFCF", "normalized_interactions", "top_right_singular_vectors"]
@@ -95,7 +96,7 @@ def _svds(A: sp.csr_matrix, k: int, solver: str, seed: int) -> tuple[np.ndarray,
     return s, vt
 
 
-class GFCF(Baseline):
+class GFCF(ScoresHistories, Baseline):
     """GF-CF: a linear low-pass graph filter plus an ideal low-pass filter on the item graph, fitted without training.
 
     Shen, Wu, Zhang, Li, Yu, Gong and Lee, "How Powerful is Graph Convolution for Recommendation?", CIKM 2021.
@@ -187,14 +188,32 @@ class GFCF(Baseline):
         Shapes:
             users: [B] -> [B, n_items]
         """
-        ops = self._operators()
         rows = users.detach().cpu().numpy().astype(np.int64, copy=False)
+        return self._score_binary(self._operators()["binary"][rows], out)
+
+    @torch.no_grad()
+    def score_histories(self, histories: Histories, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """The same filter applied to the binary history rows ``r``: no user degree enters it, so it needs no refit.
+
+        Shapes:
+            rows: [R] -> [R, n_items]
+        """
+        return self._score_binary(histories.select(rows.cpu().numpy()).matrix(), out)
+
+    def _score_binary(self, binary: sp.csr_matrix, out: Tensor | None) -> Tensor:
+        """The filter's scores for binary user rows.
+
+        Shapes:
+            binary: [R, n_items] CSR -> [R, n_items]
+        """
+        ops = self._operators()
+        n = binary.shape[0]
         direct = out is not None and out.device.type == "cpu" and out.dtype == torch.float32 and out.is_contiguous()
-        target = out if direct else torch.empty((len(rows), self.n_items), dtype=torch.float32)
+        target = out if direct else torch.empty((n, self.n_items), dtype=torch.float32)
         low_pass = self.alpha > 0 and ops["item_basis"].shape[1] > 0
-        for s in range(0, len(rows), _SUB_CHUNK):
+        for s in range(0, n, _SUB_CHUNK):
             block = target[s:s + _SUB_CHUNK]
-            r = ops["binary"][rows[s:s + _SUB_CHUNK]]
+            r = binary[s:s + _SUB_CHUNK]
             ((r @ ops["norm_t"]) @ ops["norm"]).toarray(out=block.numpy())
             if low_pass:
                 q = torch.from_numpy(np.asarray(r @ ops["query_basis"], dtype=np.float32))

@@ -7,6 +7,10 @@ never pays for the import. The fitted state lives in plain tensor buffers, so ch
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import time
 import warnings
 from contextlib import contextmanager
 from typing import Literal
@@ -17,9 +21,28 @@ from torch import Tensor
 
 from recsys.baselines.base import Baseline
 from recsys.baselines.ease import csr_from_buffers, gather_rows, set_csr_buffers
+from recsys.capabilities import FoldsIn, Histories, ScoresHistories
 from recsys.recommender import LightningFit
 
 __all__ = ["ALS", "BPR", "ItemKNN"]
+
+log = logging.getLogger(__name__)
+
+
+def _fit_implicit(model, train, what: str) -> None:
+    """``model.fit(train)`` with implicit's own progress bar on a terminal, one log line before and after otherwise.
+
+    The terminal test is :class:`recsys.progress.Progress`'s (stderr is a TTY and ``RECSYS_PROGRESS`` is neither
+    ``log`` nor ``off``), so implicit's bar shows exactly when recsys' own bars do.
+    """
+    bar = os.environ.get("RECSYS_PROGRESS", "auto") not in ("log", "off") and sys.stderr.isatty()
+    if not bar:
+        log.info("%s: fitting on %d users x %d items (%d interactions)", what, *train.shape, train.nnz)
+    t = time.perf_counter()
+    with _implicit_env():
+        model.fit(train, show_progress=bar)
+    if not bar:
+        log.info("%s: fitted in %.1f s", what, time.perf_counter() - t)
 
 
 @contextmanager
@@ -80,7 +103,7 @@ class _FactorModel(Baseline):
         return torch.mm(q, self.item_factors.T, out=out)
 
 
-class ALS(_FactorModel):
+class ALS(FoldsIn, _FactorModel):
     """Weighted matrix factorisation for implicit feedback, fitted by alternating least squares.
 
     Hu, Koren and Volinsky, "Collaborative Filtering for Implicit Feedback Datasets", ICDM 2008, with the conjugate
@@ -95,6 +118,11 @@ class ALS(_FactorModel):
         iterations: ALS sweeps (each solves users, then items).
         seed: seeds the random factor initialisation; the solver itself is deterministic for any thread count.
         num_threads: CPU threads for fitting; 0 uses every core.
+
+    A user unseen in training is folded in (:class:`~recsys.capabilities.FoldsIn`) by the system implicit's
+    ``recalculate_user`` solves: the ALS user step against the fitted item factors, with this model's ``alpha``
+    and ``regularization`` (:func:`recsys.encoders.id.least_squares_fold_in`, the same numbers without importing
+    implicit).
     """
 
     def __init__(self, factors: int = 64, regularization: float = 0.01, alpha: float = 1.0, iterations: int = 15,
@@ -115,15 +143,26 @@ class ALS(_FactorModel):
         """
         from implicit.cpu.als import AlternatingLeastSquares
 
-        with _implicit_env():
-            model = AlternatingLeastSquares(factors=self.factors, regularization=self.regularization,
-                                            alpha=self.alpha, iterations=self.iterations, random_state=self.seed,
-                                            num_threads=self.num_threads)
-            model.fit(data.train, show_progress=False)
+        model = AlternatingLeastSquares(factors=self.factors, regularization=self.regularization, alpha=self.alpha,
+                                        iterations=self.iterations, random_state=self.seed,
+                                        num_threads=self.num_threads)
+        _fit_implicit(model, data.train, f"ALS ({self.iterations} iterations)")
         self._store(model)
 
+    def fold_in(self, histories: Histories) -> Tensor:
+        """ALS user factors of the histories against the fitted item factors (implicit's ``recalculate_user``).
 
-class BPR(_FactorModel):
+        Shapes:
+            histories: B users -> [B, factors]
+        """
+        from recsys.encoders.id import least_squares_fold_in
+
+        c = histories.matrix()
+        c.data *= self.alpha
+        return least_squares_fold_in(self.item_factors, c, self.regularization).to(self.item_factors.device)
+
+
+class BPR(FoldsIn, _FactorModel):
     """Matrix factorisation trained with the Bayesian Personalized Ranking loss by SGD.
 
     Rendle, Freudenthaler, Gantner and Schmidt-Thieme, "BPR: Bayesian Personalized Ranking from Implicit Feedback",
@@ -140,10 +179,20 @@ class BPR(_FactorModel):
         seed: seeds initialisation and negative sampling.
         num_threads: CPU threads for fitting. SGD across threads is Hogwild (lock-free), so only 1 thread makes the
             fit reproducible; 0 uses every core.
+        fold_in_alpha: extra confidence on a history's items when a new user is folded in.
+        fold_in_l2: the fold-in's ridge penalty, relative to the item factors' mean Gram eigenvalue.
+
+    A user unseen in training is folded in (:class:`~recsys.capabilities.FoldsIn`) by a confidence-weighted ridge
+    solve against the item factors without their bias column (:func:`recsys.encoders.id.least_squares_fold_in`:
+    preference 1 at confidence ``1 + fold_in_alpha`` on the history, 0 at confidence 1 elsewhere, penalty
+    ``fold_in_l2 · trace(YᵀY) / D``), then the bias coordinate 1 is appended so the item biases count as for a
+    training user. This is ALS's user step, not BPR's objective: a deterministic closed form over the same inner
+    products, with the defaults of :class:`recsys.encoders.MatrixFactorization`.
     """
 
     def __init__(self, factors: int = 64, learning_rate: float = 0.01, regularization: float = 0.01,
-                 iterations: int = 100, seed: int = 2026, num_threads: int = 1) -> None:
+                 iterations: int = 100, seed: int = 2026, num_threads: int = 1, fold_in_alpha: float = 3.0,
+                 fold_in_l2: float = 4.0) -> None:
         super().__init__()
         self.factors = factors
         self.learning_rate = learning_rate
@@ -151,6 +200,8 @@ class BPR(_FactorModel):
         self.iterations = iterations
         self.seed = seed
         self.num_threads = num_threads
+        self.fold_in_alpha = fold_in_alpha
+        self.fold_in_l2 = fold_in_l2
 
     def fit(self, data, trainer: LightningFit | None = None) -> None:
         """Train on ``data.train`` with ``implicit``'s CPU BPR.
@@ -160,15 +211,28 @@ class BPR(_FactorModel):
         """
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
-        with _implicit_env():
-            model = BayesianPersonalizedRanking(factors=self.factors, learning_rate=self.learning_rate,
-                                                regularization=self.regularization, iterations=self.iterations,
-                                                random_state=self.seed, num_threads=self.num_threads)
-            model.fit(data.train, show_progress=False)
+        model = BayesianPersonalizedRanking(factors=self.factors, learning_rate=self.learning_rate,
+                                            regularization=self.regularization, iterations=self.iterations,
+                                            random_state=self.seed, num_threads=self.num_threads)
+        _fit_implicit(model, data.train, f"BPR ({self.iterations} iterations)")
         self._store(model)
 
+    def fold_in(self, histories: Histories) -> Tensor:
+        """User factors of the histories (a ridge solve on the item factors), with the bias coordinate 1 appended.
 
-class ItemKNN(Baseline):
+        Shapes:
+            histories: B users -> [B, factors + 1]
+        """
+        from recsys.encoders.id import least_squares_fold_in, mean_gram_eigenvalue
+
+        c = histories.matrix()
+        c.data *= 1.0 + self.fold_in_alpha
+        table = self.item_factors[:, :-1]
+        x = least_squares_fold_in(table, c, self.fold_in_l2 * mean_gram_eigenvalue(table)).to(table.device)
+        return torch.cat([x, x.new_ones((len(x), 1))], 1)
+
+
+class ItemKNN(ScoresHistories, Baseline):
     """Item-based nearest neighbours: each item keeps its ``k`` most similar items, a user scores ``X[u] @ S``.
 
     Sarwar, Karypis, Konstan and Riedl, "Item-Based Collaborative Filtering Recommendation Algorithms", WWW 2001;
@@ -215,16 +279,25 @@ class ItemKNN(Baseline):
         """
         from implicit import nearest_neighbours as nn_
 
-        with _implicit_env():
-            if self.similarity == "bm25":
-                model = nn_.BM25Recommender(K=self.k, K1=self.K1, B=self.B, num_threads=self.num_threads)
-            elif self.similarity == "tfidf":
-                model = nn_.TFIDFRecommender(K=self.k, num_threads=self.num_threads)
-            else:
-                model = nn_.CosineRecommender(K=self.k, num_threads=self.num_threads)
-            model.fit(data.train, show_progress=False)
+        if self.similarity == "bm25":
+            model = nn_.BM25Recommender(K=self.k, K1=self.K1, B=self.B, num_threads=self.num_threads)
+        elif self.similarity == "tfidf":
+            model = nn_.TFIDFRecommender(K=self.k, num_threads=self.num_threads)
+        else:
+            model = nn_.CosineRecommender(K=self.k, num_threads=self.num_threads)
+        _fit_implicit(model, data.train, f"item-kNN ({self.similarity}, k={self.k})")
         set_csr_buffers(self, "similarity", model.similarity)
         set_csr_buffers(self, "train", data.train)
+
+    @torch.no_grad()
+    def score_histories(self, histories: Histories, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """``x @ S`` for binary history rows ``x``: what implicit's ``recommend`` scores for a user's given items.
+
+        Shapes:
+            rows: [R] -> [R, n_items]
+        """
+        x = histories.select(rows.cpu().numpy()).matrix()
+        return _dense_into(x @ csr_from_buffers(self, "similarity"), out)
 
     @torch.no_grad()
     def score_users(self, users: Tensor, out: Tensor | None = None) -> Tensor:
@@ -240,13 +313,7 @@ class ItemKNN(Baseline):
     def _score_scipy(self, users: Tensor, out: Tensor | None) -> Tensor:
         # One fused sparse × sparse product; an order of magnitude faster on CPU than gathering in torch.
         X, S = csr_from_buffers(self, "train"), csr_from_buffers(self, "similarity")
-        scores = X[users.cpu().numpy()] @ S
-        if out is None or out.device.type != "cpu" or out.dtype != torch.float32 or not out.is_contiguous():
-            dense = torch.from_numpy(scores.toarray())
-            return dense if out is None else out.copy_(dense)
-        out.zero_()
-        scores.toarray(out=out.numpy())  # accumulates into the zeroed buffer, no temporary
-        return out
+        return _dense_into(X[users.cpu().numpy()] @ S, out)
 
     def _score_torch(self, users: Tensor, out: Tensor | None) -> Tensor:
         # Device-side version: gather every (user, neighbour) product and scatter-add it.
@@ -263,3 +330,18 @@ class ItemKNN(Baseline):
                                   c[s:s + step])
             out.index_put_((r[s:s + step][e], j), v[s:s + step][e] * w, accumulate=True)
         return out
+
+
+def _dense_into(scores, out: Tensor | None) -> Tensor:
+    """A scipy sparse score block as a dense float32 tensor, written into ``out`` when given.
+
+    Shapes:
+        scores: [R, N] sparse -> [R, N]
+    """
+    direct = out is not None and out.device.type == "cpu" and out.dtype == torch.float32 and out.is_contiguous()
+    if not direct or scores.dtype != np.float32:
+        dense = torch.from_numpy(scores.toarray().astype(np.float32, copy=False))
+        return dense if out is None else out.copy_(dense)
+    out.zero_()
+    scores.toarray(out=out.numpy())  # accumulates into the zeroed buffer, no temporary
+    return out

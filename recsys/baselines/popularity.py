@@ -7,13 +7,17 @@ import torch
 from torch import Tensor
 
 from recsys.baselines.base import Baseline
+from recsys.capabilities import Histories, ScoresHistories
 from recsys.recommender import LightningFit
 
 __all__ = ["MostPopular"]
 
 
-class MostPopular(Baseline):
+class MostPopular(ScoresHistories, Baseline):
     """Scores every item by its number of training interactions, the same list for every user.
+
+    A user given by a history alone (:class:`~recsys.capabilities.ScoresHistories`) gets the same list: the
+    reference every fold-in has to beat.
 
     A strong baseline on popularity-skewed logs (Cremonesi, Koren and Turrin, "Performance of Recommender
     Algorithms on Top-N Recommendation Tasks", RecSys 2010); a model that does not beat it has learned little.
@@ -39,3 +43,11 @@ class MostPopular(Baseline):
         if out is None:
             return rows.clone()
         return out.copy_(rows)
+
+    def score_histories(self, histories: Histories, rows: Tensor, out: Tensor | None = None) -> Tensor:
+        """The popularity row, whatever the history.
+
+        Shapes:
+            rows: [R] -> [R, n_items]
+        """
+        return self.score_users(rows, out)

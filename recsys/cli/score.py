@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from recsys.cli._common import _add_serving_args, _is_exact, _launch_rank
@@ -17,8 +18,27 @@ def cmd_score(argv: list[str]) -> int:
     p.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--out", required=True, help="Output Parquet file.")
-    p.add_argument("--users", default=None, help="File of external user IDs (one per line, or a 'user' column).")
-    p.add_argument("--keep-seen", action="store_true", help="Do not exclude the users' training items.")
+    p.add_argument("--users", default=None,
+                   help="File of external user IDs (one per line, or a 'user' column). Default: every user of the "
+                        "run, or of --histories when given.")
+    p.add_argument("--exclude", choices=["all", "train", "none"], default=None,
+                   help="Items left out of a user's list: all (default) = every known interaction of the user in the "
+                        "run's data (train+valid+test) and their --histories items; train = training interactions "
+                        "(and --histories items) only, the earlier default; none = keep everything. The output is "
+                        "checked against the known interactions and the count of already-consumed items printed.")
+    p.add_argument("--keep-seen", action="store_true", help="Deprecated: the same as --exclude none.")
+    p.add_argument("--unknown-users", choices=["error", "skip", "popular"], default="error",
+                   help="Requested user IDs in neither the run's vocabulary nor --histories: error (default; one "
+                        "line naming the file, the count and the first IDs), skip (left out, counted) or popular "
+                        "(the most-popular training items, counted). IDs keep the run's user ID type.")
+    p.add_argument("--histories", default=None, metavar="FILE",
+                   help="CSV or Parquet of user,item pairs (optional timestamp; external IDs; users may be new): "
+                        "scores these users from their items by the model's fold-in (MF, ALS and BPR by "
+                        "least squares on the item table; SASRec, Recformer, AlphaRec and the linear probe by "
+                        "encoding the history; EASE, item-kNN, GF-CF and most-popular by scoring it directly). A "
+                        "user also in the run is scored from the file (histories take precedence), their run "
+                        "interactions still excluded per --exclude. Items not in the catalogue are dropped and "
+                        "counted; a history's items are excluded unless --exclude none.")
     p.add_argument("--chunk-size", type=int, default=None, help="Users per GEMM chunk (default: 256 MiB budget).")
     p.add_argument("--shard-users", type=int, default=None,
                    help="Write OUT as a directory of Parquet shards of this many users, resumable.")
@@ -35,18 +55,27 @@ def cmd_score(argv: list[str]) -> int:
                         "unseen in training, embedded from their text and ranked with the catalogue (text models; "
                         "with --index, kinds over plain tables: exact, prefix, hamming, seismic, faiss).")
     a, rest = p.parse_known_args(argv)
+    if a.keep_seen:
+        if a.exclude not in (None, "none"):
+            p.error(f"--keep-seen (deprecated: --exclude none) contradicts --exclude {a.exclude}")
+        print("[recsys] --keep-seen is deprecated: use --exclude none", file=sys.stderr)
+        a.exclude = "none"
+    a.exclude = a.exclude or "all"
     if rest:
         if a.new_items:
             p.error("--new-items is not supported with --trainer.* options")
         return _score_lightning(p, a, rest)
-    from recsys.scoring.batch import score_run
+    from recsys.scoring.batch import run_scoring
 
     t = time.perf_counter()
-    n = score_run(a.run_dir, a.out, k=a.k, users_file=a.users, keep_seen=a.keep_seen, chunk_size=a.chunk_size,
-                  shard_users=a.shard_users, num_shards=a.num_shards, shard_index=a.shard_index, index=a.index,
-                  gallery=a.gallery, explain=a.explain, precision=a.precision, new_items=a.new_items)
+    report = run_scoring(a.run_dir, a.out, k=a.k, users_file=a.users, exclude=a.exclude, chunk_size=a.chunk_size,
+                         shard_users=a.shard_users, num_shards=a.num_shards, shard_index=a.shard_index,
+                         index=a.index, gallery=a.gallery, explain=a.explain, precision=a.precision,
+                         new_items=a.new_items, unknown_users=a.unknown_users, histories=a.histories)
     how = "" if _is_exact(a.index) else f" (index {a.index})"
-    print(f"[recsys] wrote {n} rows to {a.out}{how} in {time.perf_counter() - t:.2f} s")
+    print(f"[recsys] wrote {report.rows} rows to {a.out}{how} in {time.perf_counter() - t:.2f} s")
+    for line in report.lines():
+        print(f"[recsys] {line}")
     return 0
 
 
@@ -63,14 +92,17 @@ def _score_lightning(p, a, rest: list[str]) -> int:
     tp = ArgumentParser(prog="recsys score", default_env=False)
     tp.add_class_arguments(L.Trainer, "trainer", instantiate=False)
     targs = dict(vars(tp.instantiate(tp.parse_args(rest)).trainer))
-    from recsys.scoring.predict import predict_run, read_manifest
+    from recsys.scoring.predict import predict_report, read_manifest
 
     t = time.perf_counter()
-    n = predict_run(a.run_dir, a.out, k=a.k, users_file=a.users, keep_seen=a.keep_seen, chunk_size=a.chunk_size,
-                    shard_users=a.shard_users, precision=a.precision, trainer=targs)
+    report = predict_report(a.run_dir, a.out, k=a.k, users_file=a.users, exclude=a.exclude,
+                            chunk_size=a.chunk_size, shard_users=a.shard_users, precision=a.precision,
+                            trainer=targs, unknown_users=a.unknown_users, histories=a.histories)
     if _launch_rank() == 0:
         m = read_manifest(a.out)
-        print(f"[recsys] wrote {n} rows on rank 0 to {a.out} in {time.perf_counter() - t:.2f} s; manifest: "
-              f"{m['rows']} rows in {len(m['shards'])}/{m['n_shards']} shards, complete={m['complete']}")
+        print(f"[recsys] wrote {report.rows} rows on rank 0 to {a.out} in {time.perf_counter() - t:.2f} s; "
+              f"manifest: {m['rows']} rows in {len(m['shards'])}/{m['n_shards']} shards, complete={m['complete']}")
+        for line in report.lines():
+            print(f"[recsys] rank 0: {line}")
     return 0
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.capabilities import EmbedsNewItems, ScoresAgainstTable, StepOutput
+from recsys.capabilities import EmbedsNewItems, FoldsIn, Histories, ScoresAgainstTable, StepOutput
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice
 from recsys.encoders.graph import Adjacency, LightGCNPropagation, bipartite_adjacency
@@ -146,7 +146,7 @@ def make_mapping(in_dim: int, out_dim: int, mapping: MappingKind, hidden_dim: in
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
 
 
-class AlphaRec(ScoresAgainstTable, EmbedsNewItems, TwoSidedEncoder):
+class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, TwoSidedEncoder):
     """AlphaRec: mapped frozen LM embeddings of users (history means) and items, smoothed by LightGCN propagation.
 
     ``E⁰ = f([mean_{i∈N(u)} z_i ; z_i])`` with ``z_i`` the LM embedding of item i's flattened text and ``f`` the
@@ -281,6 +281,37 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, TwoSidedEncoder):
         return self._table()[1][items]
 
     @torch.no_grad()
+    def fold_in(self, histories: Histories) -> Tensor:
+        """Users outside the graph, propagated inductively: the new user node joins the training graph, items stay.
+
+        Layer 0 is the mapped mean LM vector of the history, as for a training user; layer ``l ≥ 1`` is
+        ``Σ_{i∈H} e_i^{(l-1)} / sqrt(|H| (d_i + 1))`` over the training graph's item layers, ``d_i + 1`` being an
+        item's degree once the user's edge is added. The items' own layers are not recomputed with the new edge
+        (one user among many moves them little, and every new user then sees the same catalogue), so with one layer
+        this is exactly the propagation of the extended graph at the user's row.
+
+        Shapes:
+            histories: B users -> [B, dim]
+        """
+        dev = self.lm_nodes.device
+        m = histories.matrix()
+        x = self.mapping(self.lm_nodes)
+        users = self.mapping(history_mean(m, self.lm_nodes[self.n_users:].cpu()).to(dev))
+        out = self.propagation.alpha[0] * users
+        item_degree = self.adj.crow.diff()[self.n_users:].double().cpu().numpy()
+        hist_degree = np.diff(m.indptr).astype(np.float64)
+        w = m.tocoo()
+        w.data = (1.0 / np.sqrt(np.maximum(hist_degree[w.row], 1.0) * (item_degree[w.col] + 1.0))).astype(np.float32)
+        w = torch.sparse_coo_tensor(np.vstack([w.row, w.col]), w.data, m.shape).to(dev)
+        a, _ = self.adj.matrices()
+        layer = x
+        for depth, alpha in enumerate(self.propagation.alpha[1:], start=1):
+            out = out + alpha * torch.sparse.mm(w, layer[self.n_users:])
+            if depth < self.propagation.n_layers:
+                layer = a @ layer
+        return F.normalize(out, dim=-1) if self.normalize_output else out
+
+    @torch.no_grad()
     def embed_new_items(self, table) -> Tensor:
         """Embeddings of items outside the catalogue from their side-table text alone (zero-shot), as a cold
         catalogue item: an item without edges keeps only layer 0 of the propagation, ``α₀ f(z)``.
@@ -300,7 +331,7 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, TwoSidedEncoder):
         return F.normalize(out, dim=-1) if self.normalize_output else out
 
 
-class LinearProbe(EmbedsNewItems, TwoSidedEncoder):
+class LinearProbe(EmbedsNewItems, FoldsIn, TwoSidedEncoder):
     """Linear probe of LM item embeddings: items are ``W z_i`` (bias-free), no graph.
 
     The AlphaRec paper's linear-mapping experiment (users = the mapped mean of their history, ``user="history"``);
@@ -364,6 +395,25 @@ class LinearProbe(EmbedsNewItems, TwoSidedEncoder):
             table = self._out(self.mapping(self.lm_items))
             return table.index_select(0, items.reshape(-1)).view(*items.shape, -1)
         return self._out(self.mapping(self.lm_items[items]))
+
+    @torch.no_grad()
+    def fold_in(self, histories: Histories) -> Tensor:
+        """Users given by a history alone: the mapped mean LM vector of the history (``user="history"``, as for a
+        training user), or a least-squares fit against the mapped item table (``user="id"``,
+        :func:`recsys.encoders.id.least_squares_fold_in` with MF's default confidence 4 on the history and penalty
+        4 times the table's mean Gram eigenvalue).
+
+        Shapes:
+            histories: B users -> [B, dim]
+        """
+        m = histories.matrix()
+        if self.user == "history":
+            return self._out(self.mapping(history_mean(m, self.lm_items.cpu()).to(self.lm_items.device)))
+        from recsys.encoders.id import least_squares_fold_in, mean_gram_eigenvalue
+
+        table = self.encode_items(torch.arange(self._n_items, device=self.lm_items.device))
+        m.data *= 4.0
+        return self._out(least_squares_fold_in(table, m, 4.0 * mean_gram_eigenvalue(table)).to(table.device))
 
     @torch.no_grad()
     def embed_new_items(self, table) -> Tensor:

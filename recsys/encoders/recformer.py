@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.capabilities import EpochAware
+from recsys.capabilities import EpochAware, FoldsIn, Histories
 from recsys.data.batch import Batch
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice, check_strategy
@@ -282,7 +282,7 @@ def bert_to_longformer(weights: dict[str, Tensor], num_layers: int) -> dict[str,
     return out
 
 
-class Recformer(EpochAware, TwoSidedEncoder):
+class Recformer(EpochAware, FoldsIn, TwoSidedEncoder):
     """Recformer: one Longformer embeds item texts and reversed item-text sequences (``<s>`` pooling).
 
     Li et al., "Text Is All You Need: Learning Language Representations for Sequential Recommendation", KDD 2023.
@@ -500,6 +500,16 @@ class Recformer(EpochAware, TwoSidedEncoder):
         if self.training:
             return self._pooled(self.query_inputs(batch.history))
         return torch.cat([self._pooled(self.query_inputs(h)) for h in batch.history.split(self.encode_batch_size)])
+
+    def fold_in(self, histories: Histories) -> Tensor:
+        """The query of a user given by a history alone: the history's item tokens, as for a training user.
+
+        Shapes:
+            histories: B users -> [B, H]
+        """
+        dev = self.tok_ids.device
+        h = torch.from_numpy(histories.sequences(self.history_len)).to(dev)
+        return self.encode_queries(Batch(torch.zeros(len(h), dtype=torch.int64, device=dev), history=h))
 
     def encode_item_text(self, items: Tensor) -> Tensor:
         """Encode items from their text with the current weights (with gradients when enabled).

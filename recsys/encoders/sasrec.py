@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.capabilities import EncodesPositions
+from recsys.capabilities import EncodesPositions, FoldsIn, Histories
 from recsys.data.batch import Batch
 from recsys.encoders.base import TwoSidedEncoder
 
@@ -59,7 +59,7 @@ class SASRecBlock(nn.Module):
         return self.ln2(x + self.drop(self.ff(x)))
 
 
-class SASRec(EncodesPositions, TwoSidedEncoder):
+class SASRec(EncodesPositions, FoldsIn, TwoSidedEncoder):
     """SASRec: the query is the causal Transformer's output at the most recent history item.
 
     Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018 (RecBole's variant, see the module doc).
@@ -138,6 +138,15 @@ class SASRec(EncodesPositions, TwoSidedEncoder):
         if batch.history is None:
             raise ValueError("SASRec reads histories: the batch has none (history_len must be > 0)")
         return self.sequence_output(batch.history)[:, -1]
+
+    def fold_in(self, histories: Histories) -> Tensor:
+        """The query of a user given by a history alone: the same pass as a training user's last position.
+
+        Shapes:
+            histories: B users -> [B, dim]
+        """
+        dev = self.items.weight.device
+        return self.sequence_output(torch.from_numpy(histories.sequences(self.history_len)).to(dev))[:, -1]
 
     def encode_query_positions(self, batch: Batch) -> Tensor:
         """Queries at every history position (position t sees items ≤ t): all-positions training.

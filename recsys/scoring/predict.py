@@ -20,7 +20,14 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from recsys.scoring.batch import _ScoringJob, _shard_is_complete, _write_manifest, _write_sidecar
+from recsys.scoring.batch import (
+    ScoringReport,
+    _exclude_mode,
+    _ScoringJob,
+    _shard_is_complete,
+    _write_manifest,
+    _write_sidecar,
+)
 
 #: users per shard when ``--shard-users`` is not given (independent of the world size, so a rerun on another
 #: number of devices still finds and verifies the same shards).
@@ -67,7 +74,7 @@ class ScoringModule(L.LightningModule):
     Args:
         job: the loaded scoring job (vocabularies, exclusions, score function).
         layout: the shard layout.
-        tables: ``(queries, items)`` of the run, or None.
+        tables: ``(queries, items)`` of the job (the run's, with any folded-in users appended), or None.
         precision: ``auto`` (bf16 on CUDA with bf16 support, else float32), ``32`` or ``bf16``.
 
     Shapes:
@@ -83,7 +90,7 @@ class ScoringModule(L.LightningModule):
             self.register_buffer("items", tables[1], persistent=False)
 
     def predict_step(self, batch: int, batch_idx: int):
-        from recsys.scoring.topk import gemm_score_fn, iter_topk, scoring_dtype
+        from recsys.scoring.topk import gemm_score_fn, scoring_dtype
 
         p = int(batch)
         if p >= self.layout.n_parts:  # padding, so that every rank has a step
@@ -95,9 +102,7 @@ class ScoringModule(L.LightningModule):
         device = self.device if self.has_tables else torch.device("cpu")
         score_fn = gemm_score_fn(self.queries, self.items) if self.has_tables else job.score_fn
         dtype = scoring_dtype(self.precision_option, device)
-        chunks = [(u, idx.cpu(), vals.cpu()) for u, idx, vals in
-                  iter_topk(score_fn, users, len(job.item_vocab), job.k, job.exclude, job.chunk_size, device, dtype)]
-        return p, users, chunks
+        return p, users, list(job.topk_chunks(users, score_fn, device, dtype))
 
 
 class ShardWriter(BasePredictionWriter):
@@ -123,9 +128,23 @@ class ShardWriter(BasePredictionWriter):
 
 
 def predict_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file: str | Path | None = None,
-                keep_seen: bool = False, chunk_size: int | None = None, shard_users: int | None = None,
-                precision: str = "auto", trainer: dict | None = None) -> int:
+                exclude: str = "all", chunk_size: int | None = None, shard_users: int | None = None,
+                precision: str = "auto", trainer: dict | None = None, unknown_users: str = "error",
+                histories: str | Path | None = None, keep_seen: bool = False) -> int:
     """Score a run with ``trainer.predict`` into a directory of Parquet shards; returns rows written by this rank.
+
+    :func:`predict_report` returning only ``report.rows``.
+    """
+    return predict_report(run_dir, out, k=k, users_file=users_file, exclude=exclude, chunk_size=chunk_size,
+                          shard_users=shard_users, precision=precision, trainer=trainer, unknown_users=unknown_users,
+                          histories=histories, keep_seen=keep_seen).rows
+
+
+def predict_report(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file: str | Path | None = None,
+                   exclude: str = "all", chunk_size: int | None = None, shard_users: int | None = None,
+                   precision: str = "auto", trainer: dict | None = None, unknown_users: str = "error",
+                   histories: str | Path | None = None, keep_seen: bool = False) -> ScoringReport:
+    """Score a run with ``trainer.predict`` into a directory of Parquet shards; what this rank did.
 
     The output equals ``score_run(..., shard_users=shard_users)`` shard for shard. Run it once per process as
     Lightning expects (``recsys score ... --trainer.strategy ddp --trainer.devices N``, or under torchrun / SLURM
@@ -136,13 +155,17 @@ def predict_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_fil
         out: the output directory of ``part-NNNNN.parquet`` shards, sidecars and ``manifest.json``.
         k: list length.
         users_file: external user IDs to score (all users when None).
-        keep_seen: keep training items in the lists.
+        exclude: ``all``, ``train`` or ``none`` (see :func:`recsys.scoring.batch.run_scoring`).
         chunk_size: users per GEMM chunk (from a memory budget when None).
         shard_users: users per shard (:data:`DEFAULT_SHARD_USERS` when None).
         precision: ``auto`` (bf16 on CUDA with bf16 support, float32 elsewhere), ``32`` or ``bf16``.
         trainer: keyword arguments of ``lightning.Trainer`` (strategy, devices, accelerator, num_nodes, ...).
+        unknown_users: ``error``, ``skip`` or ``popular`` (see :func:`recsys.scoring.batch.run_scoring`).
+        histories: users scored from their item histories (see :func:`recsys.scoring.batch.run_scoring`).
+        keep_seen: deprecated alias of ``exclude="none"``.
     """
-    job = _ScoringJob(run_dir, k, users_file, keep_seen, chunk_size)
+    job = _ScoringJob(run_dir, k, users_file, _exclude_mode(exclude, keep_seen), chunk_size,
+                      unknown_users=unknown_users, histories=histories)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # No rank writes before all ranks have joined the process group inside trainer.predict, so each rank may
@@ -150,7 +173,7 @@ def predict_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_fil
     for stale in out.glob(".part-*.tmp"):
         stale.unlink(missing_ok=True)
     layout = _ShardLayout(out, job.rows, shard_users or DEFAULT_SHARD_USERS)
-    module = ScoringModule(job, layout, job.run.payload.tables, precision)
+    module = ScoringModule(job, layout, job.tables, precision)
     writer = ShardWriter(job, layout)
     targs = dict(trainer or {})
     targs["callbacks"] = [*list(targs.get("callbacks") or []), writer]
@@ -171,7 +194,8 @@ def predict_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_fil
     pl_trainer.strategy.barrier("recsys-scoring-manifest")
     if pl_trainer.is_global_zero:
         _write_manifest(out, layout.n_parts, job.k)
-    return writer.rows_written
+    job.report.rows = writer.rows_written
+    return job.report
 
 
 def read_manifest(out: str | Path) -> dict:

@@ -263,12 +263,11 @@ class NestedLoss:
 
 #: the encoder capabilities a wrapper must keep (``NestedLoss`` is a loss capability).
 CAPABILITIES: tuple[type, ...] = (ScoresAgainstTable, EncodesPositions, EpochAware, EmbedsNewItems,
-                                  ExplicitConcepts, UsesGallery)
+                                  ExplicitConcepts, UsesGallery, FoldsIn)
 
 
 #: the serving capabilities of whole models (:meth:`recsys.recommender.Recommender.capability` answers for them).
-#: Encoder wrappers do not delegate them yet: a wrapped encoder (``Matryoshka(MF)``) has no fold-in, and
-#: ``recsys score --histories`` says so in one line.
+#: ``FoldsIn`` is also an encoder capability, which wrappers keep (``Matryoshka(MF)`` folds in through its prefix).
 SERVING_CAPABILITIES: tuple[type, ...] = (FoldsIn, ScoresHistories)
 
 

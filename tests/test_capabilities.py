@@ -124,12 +124,15 @@ def test_wrapper_keeps_every_capability(family, wrapper, tiny_lm):
 
 
 def test_capabilities_are_nominal_and_complete():
-    """Every capability has a delegate, and a plain wrapper of a plain encoder claims none."""
+    """Every capability has a delegate, and a wrapper claims exactly what it wraps plus its own."""
+    from recsys.capabilities import FoldsIn
     from recsys.encoders.wrapper import DELEGATES
 
     assert set(DELEGATES) == set(CAPABILITIES)
-    assert capabilities_of(Matryoshka(MatrixFactorization(dim=8))) == ()
-    assert capabilities_of(Compatible(MatrixFactorization(dim=8))) == (UsesGallery,)
+    assert capabilities_of(MatrixFactorization(dim=8)) == (FoldsIn,)
+    assert capabilities_of(Matryoshka(MatrixFactorization(dim=8))) == (FoldsIn,)
+    assert capabilities_of(Compatible(MatrixFactorization(dim=8))) == (UsesGallery, FoldsIn)
+    assert FoldsIn not in capabilities_of(Matryoshka(LightGCN(dim=8)))  # graph models cannot fold in
 
 
 def test_matryoshka_prefix_of_concepts_and_new_items_follow_the_prefix(tiny_lm):

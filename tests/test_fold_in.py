@@ -195,14 +195,25 @@ def test_alpharec_fold_in_is_propagation_over_the_extended_graph(tmp_path):
 # ------------------------------------------------------------------------------------------------ refusal
 def test_a_model_without_the_capability_is_refused_in_one_line():
     data = checkerboard()
-    for enc, name in ((LightGCN(dim=4, n_layers=1), "LightGCN"),
-                      (Matryoshka(MatrixFactorization(dim=8)), "Matryoshka")):
+    for enc, name in ((LightGCN(dim=4, n_layers=1), "LightGCN"),):
         model = EmbeddingRecommender(enc, DotScorer())
         model.fit(data)
         with pytest.raises(ServingError, match=rf"EmbeddingRecommender\({name}\) cannot score users from --histories"):
             check_scores_histories(model)
         with pytest.raises(ServingError, match="declares neither FoldsIn nor ScoresHistories"):
             fold_in_queries(model, Histories.from_lists([[1]], data.n_items))
+
+
+def test_a_wrapper_keeps_fold_in_through_its_query_transform():
+    from recsys.capabilities import FoldsIn
+
+    data = checkerboard()
+    inner = MatrixFactorization(dim=8)
+    wrapped = Matryoshka(inner, dim=4)
+    EmbeddingRecommender(wrapped, DotScorer()).fit(data)
+    assert isinstance(wrapped, FoldsIn)
+    histories = Histories.from_lists([[1, 2], [5]], data.n_items)
+    torch.testing.assert_close(wrapped.fold_in(histories), inner.fold_in(histories)[:, :4])
 
 
 # ------------------------------------------------------------------------------------------------ end to end

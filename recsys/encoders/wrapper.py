@@ -26,6 +26,8 @@ from recsys.capabilities import (
     EncodesPositions,
     EpochAware,
     ExplicitConcepts,
+    FoldsIn,
+    Histories,
     ScoresAgainstTable,
     StepOutput,
     UsesGallery,
@@ -228,10 +230,18 @@ class _GalleryDelegate(UsesGallery):
         self.encoder.set_gallery(items)
 
 
+class _FoldInDelegate(FoldsIn):
+    def fold_in(self, histories: Histories) -> Tensor:
+        # The inner encoder's query for the history, through this wrapper's query transform (a prefix, a
+        # projection): the same path a training user's query takes.
+        return self.transform(self.encoder.fold_in(histories), "query")
+
+
 #: capability -> the mixin that delegates it to the wrapped encoder.
 DELEGATES: dict[type, type] = {ScoresAgainstTable: _TableDelegate, EncodesPositions: _PositionsDelegate,
                                EpochAware: _EpochDelegate, EmbedsNewItems: _NewItemsDelegate,
-                               ExplicitConcepts: _ConceptsDelegate, UsesGallery: _GalleryDelegate}
+                               ExplicitConcepts: _ConceptsDelegate, UsesGallery: _GalleryDelegate,
+                               FoldsIn: _FoldInDelegate}
 assert set(DELEGATES) == set(CAPABILITIES), "every capability needs a delegate"
 
 _CLASSES: dict[tuple[type, tuple[type, ...]], type] = {}

@@ -44,3 +44,7 @@ class ServingError(RecsysError, ValueError):
 
 class MissingDependencyError(RecsysError, ImportError):
     """An optional package that the command needs is not installed (the message says what to install)."""
+
+
+class UsageError(RecsysError, ValueError):
+    """An option value or combination the command refuses before doing anything (exit status 2, like argparse)."""

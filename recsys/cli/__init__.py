@@ -54,19 +54,20 @@ def main(argv: list[str] | None = None) -> int:
         argv: the arguments after ``recsys`` (default: ``sys.argv[1:]``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--traceback":
+    while argv and argv[0] in ("--traceback", "--debug"):
         # Through the environment, so that the fit parser and any re-launched DDP rank see it as well.
         argv = argv[1:]
         os.environ["RECSYS_TRACEBACK"] = "1"
     if not argv or argv[0] in ("-h", "--help"):
-        print(_usage() + "\n\noptions:\n  --traceback  (before COMMAND, or RECSYS_TRACEBACK=1) show the full "
+        print(_usage() + "\n\noptions:\n  --debug, --traceback  (before COMMAND, or RECSYS_TRACEBACK=1) show the full "
               "traceback of an error, not its one-line message")
         return 0
     if argv[0] not in COMMANDS:
-        print(f"recsys: unknown command {argv[0]!r}\n{_usage()}", file=sys.stderr)
+        print(f"recsys: error: unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)}; recsys --help)",
+              file=sys.stderr)
         return 2
     _setup_logging()
-    from recsys.errors import RecsysError
+    from recsys.errors import RecsysError, UsageError
 
     traceback = os.environ.get("RECSYS_TRACEBACK", "") not in ("", "0")
     try:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if traceback:
             raise
         print(f"recsys {argv[0]}: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt:
         if traceback:
             raise
@@ -86,7 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         # interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
+    except OSError as e:
+        # The system refused (a full disk, a permission, a missing device): its own message names the path.
+        if traceback:
+            raise
+        print(f"recsys {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        # Not a foreseen mistake, so a bug or an unforeseen input: still one line, with how to see the rest.
+        if traceback:
+            raise
+        text = " ".join(str(e).split())[:300]
+        print(f"recsys {argv[0]}: error: unexpected {type(e).__name__}: {text} (recsys --debug {argv[0]} ... "
+              "shows the traceback)", file=sys.stderr)
+        return 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,11 +20,12 @@ from recsys.cli.export import cmd_export
 from recsys.cli.fit import cmd_fit
 from recsys.cli.plot import cmd_plot
 from recsys.cli.score import cmd_score
+from recsys.cli.tune import cmd_tune
 
 __all__ = ["COMMANDS", "INDEX_HELP", "VERBS", "format_metrics", "main"]
 
 COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "score": cmd_score, "export": cmd_export, "data": cmd_data,
-            "configs": cmd_configs, "plot": cmd_plot, "compare": cmd_compare}
+            "configs": cmd_configs, "plot": cmd_plot, "compare": cmd_compare, "tune": cmd_tune}
 VERBS = {
     "fit": "train a model from a YAML config into a run directory (model, metrics, logs, learning curve)",
     "evaluate": "full-ranking metrics of a finished run on its valid or test split",
@@ -32,6 +33,7 @@ VERBS = {
     "export": "user and item embeddings of a finished run, as Parquet with external IDs",
     "data": "load a dataset and print what it holds (sizes, split, side tables)",
     "configs": "list the packaged configs (recsys fit --config NAME), one line each",
+    "tune": "search fit options with Optuna (pruned trials, resumable study, best config as YAML)",
     "plot": "learning curves of one or more runs overlaid in one PNG (training loss, validation metric)",
     "compare": "test metrics of runs with bootstrap CIs and Holm-corrected paired p-values (table, bar chart)",
 }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,6 +136,8 @@ class Run:
         self._data: PreparedData | None = None
         self._vocab: dict[str, Vocabulary] = {}
         self._written_sha256: str | None = None
+        self._model_sha256: str | None = None
+        self._checked = False  # checked_payload() has passed
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -161,16 +164,20 @@ class Run:
         """
         run = cls(path)
         if not run.path.is_dir():
-            raise RunDirError(f"run directory {str(run.path)!r} does not exist (pass --run-dir of a finished "
+            what = "is not a directory" if run.path.exists() else "does not exist"
+            raise RunDirError(f"run directory {str(run.path)!r} {what} (pass --run-dir of a finished "
                               "`recsys fit`)")
         run._require(cls.CONFIG, cls.MODEL)
         return run
 
     def _require(self, *files: str) -> None:
         for f in files:
-            if not (self.path / f).exists():
+            p = self.path / f
+            if not p.exists():
                 raise RunDirError(f"run directory {str(self.path)!r} has no {f!r}; was `recsys fit` run to "
                                   "completion there?")
+            if not p.is_file():
+                raise RunDirError(f"{str(p)!r} of the run is not a regular file; was the run directory edited?")
 
     @property
     def status(self) -> str:
@@ -218,15 +225,74 @@ class Run:
         if self._payload is None:
             self._require(self.MODEL)
             path = self.path / self.MODEL
-            try:
-                raw = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # torch raises several types for damaged files
-                raise CheckpointError(f"cannot read checkpoint {str(path)!r}: it is truncated, corrupted or not a "
-                                      f"recsys checkpoint ({type(e).__name__}: {e})") from e
+            raw = _safe_load(path)
             payload = ModelPayload.from_dict(raw, str(path))
             self._check_config(payload)
             self._payload = payload
         return self._payload
+
+    def checked_payload(self) -> ModelPayload:
+        """The payload, its serving tables and scorer description checked against the run's vocabularies.
+
+        ``model.pt`` is data from disk: tables of another run (another dimension, another number of users) would be
+        scored silently or fail mid-job, so they are refused before anything is written.
+
+        Raises:
+            CheckpointError: the tables do not fit the vocabularies or each other, hold NaN or infinite values, or
+                the scorer description or concept names are not what a recsys model writes.
+        """
+        payload = self.payload
+        if self._checked:
+            return payload
+        where = str(self.path / self.MODEL)
+        _check_scorer(payload.scorer, where)
+        if payload.tables is not None:
+            q, i = payload.tables
+            for name, t, side in (("queries", q, "user"), ("items", i, "item")):
+                if not isinstance(t, Tensor) or t.dim() != 2 or not t.is_floating_point():
+                    shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                    raise CheckpointError(f"{where}: the stored {name} table must be a 2-D float tensor, got "
+                                          f"{shape}")
+                n = len(self.vocab(side))
+                if t.shape[0] != n:
+                    raise CheckpointError(f"{where}: the stored {name} table has {t.shape[0]} rows but the run has "
+                                          f"{n} {side}s (data/{side}_vocab.parquet): the model is not this run's")
+                if not bool(torch.isfinite(t).all()):
+                    raise CheckpointError(f"{where}: the stored {name} table holds NaN or infinite values")
+            if q.shape[1] != i.shape[1]:
+                raise CheckpointError(f"{where}: the stored queries have dimension {q.shape[1]} but the items "
+                                      f"{i.shape[1]}: the tables are not one model's")
+            if payload.concepts is not None and (len(payload.concepts) != q.shape[1]
+                                                 or not all(isinstance(c, str) for c in payload.concepts)):
+                raise CheckpointError(f"{where}: {len(payload.concepts)} concept names for tables of dimension "
+                                      f"{q.shape[1]}")
+        for name, t in payload.extras.items():
+            if not isinstance(t, Tensor):
+                raise CheckpointError(f"{where}: extra table {name!r} is a {type(t).__name__}, not a tensor")
+        self._checked = True
+        return payload
+
+    def model_sha256(self) -> str:
+        """sha256 of ``model.pt``'s bytes (read once per ``Run``): what a scoring fingerprint records."""
+        if self._model_sha256 is None:
+            self._require(self.MODEL)
+            self._model_sha256 = file_sha256(self.path / self.MODEL)
+        return self._model_sha256
+
+    def identity(self, data_files: tuple[str, ...] = ("user_vocab.parquet", "item_vocab.parquet",
+                                                       "split.parquet")) -> dict[str, str]:
+        """What determines this run's predictions: sha256 of ``config.yaml``, ``model.pt`` and the data files.
+
+        A copy of the run elsewhere has the same identity; a refit, another model or edited data has another.
+
+        Args:
+            data_files: the files under ``data/`` to hash (those the caller reads).
+        """
+        ident = {"config_sha256": self.config_sha256(), "model_sha256": self.model_sha256()}
+        for f in data_files:
+            self._require(f"{self.DATA}/{f}")
+            ident[f"data/{f}"] = file_sha256(self.path / self.DATA / f)
+        return ident
 
     def save_payload(self, payload: ModelPayload) -> None:
         """Write ``model.pt`` atomically; the hash of the current ``config.yaml`` is recorded when absent."""
@@ -236,7 +302,7 @@ class Run:
             payload.config_sha256 = self._written_sha256 or self.config_sha256()
         with atomic_path(self.path / self.MODEL) as tmp:
             torch.save(payload.to_dict(), tmp)
-        self._payload = payload
+        self._payload, self._model_sha256, self._checked = payload, None, False
 
     def save_model(self, model: Recommender, data: PreparedData, extras: dict[str, Tensor] | None = None
                    ) -> ModelPayload:
@@ -273,14 +339,14 @@ class Run:
         """
         from recsys.config import instantiate_model
 
-        payload = self.payload  # checks config.yaml against the hash before it is parsed
+        payload = self.checked_payload()  # checks config.yaml against the hash before it is parsed
         model = instantiate_model(self.config_text(), f"config.yaml of run {str(self.path)!r}")
         model.bind(self.data() if data is None else data)
         try:
             model.load_state_dict(payload.state_dict, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"checkpoint {str(self.path / self.MODEL)!r} does not match the configured "
-                                  f"model: {e}") from e
+                                  f"model: {_one_line(e)}") from e
         model.eval()
         return model
 
@@ -295,16 +361,17 @@ class Run:
         """
         if not _same_ids(self.vocab("item"), item_vocab):
             raise DataError("the gallery run's item vocabulary differs from this run's", file=str(self.path))
-        if self.payload.items is None:
+        payload = self.checked_payload()
+        if payload.items is None:
             raise DataError("the gallery run has no stored item table", file=str(self.path / self.MODEL))
-        return self.payload.items
+        return payload.items
 
     def lightning_state(self, checkpoint: str | Path) -> dict[str, Tensor]:
         """The ``state_dict`` of a Lightning checkpoint this run wrote (``checkpoints/best.ckpt``)."""
-        try:
-            return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-        except Exception as e:  # torch raises several types for damaged files
-            raise CheckpointError(f"cannot read checkpoint {str(checkpoint)!r} ({type(e).__name__}: {e})") from e
+        raw = _safe_load(checkpoint)
+        if not isinstance(raw, dict) or not isinstance(raw.get("state_dict"), dict):
+            raise CheckpointError(f"checkpoint {str(checkpoint)!r} is not a Lightning checkpoint (no state_dict)")
+        return raw["state_dict"]
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -319,10 +386,22 @@ class Run:
     def data(self) -> PreparedData:
         """The prepared data the model was fitted on (read once)."""
         if self._data is None:
+            import pyarrow.parquet as pq
+
             from recsys.data.prepared import PreparedData
 
-            self._require(f"{self.DATA}/split.parquet")
-            self._data = PreparedData.load(self.path / self.DATA)
+            files = ("user_vocab.parquet", "item_vocab.parquet", "split.parquet")
+            self._require(*(f"{self.DATA}/{f}" for f in files))
+            d = self.path / self.DATA
+            for f in (*files, "items.parquet", "users.parquet"):
+                if f in files or (d / f).exists():
+                    with _unreadable(d / f):  # the footer only: names the damaged file before the full read
+                        pq.ParquetFile(d / f)
+            with _unreadable(d):
+                data = PreparedData.load(d)
+            _check_split_rows(self.path / self.DATA / "split.parquet", data.users, data.items,
+                              len(data.user_vocab), len(data.item_vocab))
+            self._data = data
         return self._data
 
     def vocab(self, side: str) -> Vocabulary:
@@ -332,9 +411,12 @@ class Run:
         if side not in self._vocab:
             from recsys.data.vocab import Vocabulary
 
+            if side not in ("user", "item"):
+                raise ValueError(f"side must be 'user' or 'item', not {side!r}")
             f = f"{self.DATA}/{side}_vocab.parquet"
             self._require(f)
-            self._vocab[side] = Vocabulary.load(self.path / f, side)
+            with _unreadable(self.path / f):
+                self._vocab[side] = Vocabulary.load(self.path / f, side)
         return self._vocab[side]
 
     def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -349,9 +431,12 @@ class Run:
 
         f = f"{self.DATA}/split.parquet"
         self._require(f)
-        split = pq.ParquetFile(self.path / f).read(columns=["user", "item", "split"])
+        with _unreadable(self.path / f):
+            split = pq.ParquetFile(self.path / f).read(columns=["user", "item", "split"])
         train = arrow_to_numpy(split.column("split")) == 0
-        return arrow_to_numpy(split.column("user"))[train], arrow_to_numpy(split.column("item"))[train]
+        users, items = arrow_to_numpy(split.column("user"))[train], arrow_to_numpy(split.column("item"))[train]
+        _check_split_rows(self.path / f, users, items, len(self.vocab("user")), len(self.vocab("item")))
+        return users, items
 
     # ------------------------------------------------------------------------------------------------ results
     def artifact(self, name: str) -> Path:
@@ -459,3 +544,86 @@ class Run:
 
 def _same_ids(a: Vocabulary, b: Vocabulary) -> bool:
     return a.ids.dtype == b.ids.dtype and len(a) == len(b) and bool((a.ids == b.ids).all())
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line, shortened: torch's messages run over several lines of advice."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _safe_load(path: Path):
+    """``torch.load(weights_only=True)`` of a run's file, every failure one :class:`CheckpointError` line.
+
+    A file holding Python objects beyond tensors and plain containers (a pickle that would import a module or call a
+    function) is refused without running any of it; the message says so rather than quoting torch's advice to
+    load it without ``weights_only``, which would run that code.
+    """
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # torch's remarks on a foreign file's pickle protocol: the refusal below says what matters.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        import re
+
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (it asks to import {found.group(1)})" if found else ""
+        raise CheckpointError(f"refusing to load {str(path)!r}: it holds Python objects other than tensors and plain "
+                              f"data{what}, which a recsys run never stores; nothing in it was run. Use a model.pt "
+                              "written by `recsys fit`") from e
+    except Exception as e:  # torch raises several types for damaged files
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: it is truncated, corrupted or not a recsys "
+                              f"checkpoint ({type(e).__name__}: {_one_line(e, 160)})") from e
+
+
+@contextmanager
+def _unreadable(path: Path):
+    """Turn a read failure of a run's data file (not Parquet, truncated, wrong columns) into one DataError line."""
+    try:
+        yield
+    except (DataError, RunDirError):
+        raise
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"the run's data file cannot be read: it is truncated, corrupted or not what `recsys fit` "
+                        f"wrote ({type(e).__name__}: {_one_line(e, 160)})", file=str(path)) from e
+
+
+def _check_split_rows(path: Path, users, items, n_users: int, n_items: int) -> None:
+    """Refuse a split whose user or item rows fall outside the vocabularies (an edited or mismatched data/)."""
+    for name, rows, n in (("user", users, n_users), ("item", items, n_items)):
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n):
+            bad = int(((rows < 0) | (rows >= n)).argmax())
+            raise DataError(f"{name} row {int(rows[bad])} is outside the run's {n} {name}s: data/ does not belong "
+                            "together", file=str(path), column=name, row=bad)
+
+
+def _check_scorer(scorer, where: str) -> None:
+    """Refuse a scorer description that no recsys scorer writes (another metric, a non-positive temperature)."""
+    import math
+
+    if not isinstance(scorer, dict):
+        raise CheckpointError(f"{where}: the scorer description is a {type(scorer).__name__}, not a mapping")
+    if scorer.get("metric", "inner_product") != "inner_product":
+        raise CheckpointError(f"{where}: unknown scorer metric {scorer.get('metric')!r} (recsys writes "
+                              "'inner_product' over scorer-prepared tables)")
+    if not isinstance(scorer.get("normalize", False), bool):
+        raise CheckpointError(f"{where}: scorer 'normalize' must be true or false, got {scorer['normalize']!r}")
+    t = scorer.get("temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise CheckpointError(f"{where}: scorer temperature must be a positive number, got {t!r}")
+    if not isinstance(scorer.get("class_path", ""), str):
+        raise CheckpointError(f"{where}: scorer class_path must be a string")

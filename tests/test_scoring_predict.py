@@ -47,3 +47,19 @@ def test_predict_rerun_skips_complete_and_rewrites_corrupted(mf_run, tmp_path):
     assert predict_run(mf_run, out, k=5, shard_users=50, trainer=trainer) > 0
     assert _files(out) == before
     assert json.loads((out / "manifest.json").read_text())["complete"]
+
+
+def test_predict_rerun_with_another_k_rewrites_stale_shards(mf_run, tmp_path):
+    # finding 1 (issue 19), Lightning path: shards of `k 10` were kept by a `k 3` re-run ("0 rows", complete).
+    from recsys.scoring.predict import predict_run
+
+    trainer = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False}
+    out = tmp_path / "pred"
+    predict_run(mf_run, out, k=10, shard_users=50, trainer=trainer)
+    assert predict_run(mf_run, out, k=3, shard_users=50, trainer=trainer) > 0
+    ref = tmp_path / "ref"
+    score_run(mf_run, ref, k=3, shard_users=50)  # the plain path: same shards, sidecars and manifest
+    assert _files(out) == _files(ref)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest == json.loads((ref / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["produced_by"]["k"] == 3

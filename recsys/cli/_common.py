@@ -37,6 +37,18 @@ def _setup_logging() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``argparse`` parser whose usage errors are one line (argparse prints its usage block first).
+
+    The line names the option and the valid range as argparse words it, and points at ``--help``; the exit status
+    stays argparse's 2.
+    """
+
+    def error(self, message: str):
+        """Print ``PROG: error: MESSAGE (PROG --help lists the options)`` on stderr and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} ({self.prog} --help lists the options)\n")
+
+
 def positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1 (a bad value is argparse's one line)."""
     try:
@@ -45,6 +57,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0 (a bad value is argparse's one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
 
 

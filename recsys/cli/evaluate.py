@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from recsys.cli._common import _add_serving_args, _is_exact, _write_result, format_metrics, positive_int
+from recsys.cli._common import OneLineParser, _add_serving_args, _is_exact, _write_result, format_metrics, positive_int
+
+#: file names ``evaluate --out`` may take inside a run directory (the names evaluate itself writes there).
+EVAL_NAMES = r"eval_[\w.-]*\.json"
 
 
 def cmd_evaluate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="recsys evaluate", description="Full-ranking metrics of a finished run.")
+    p = OneLineParser(prog="recsys evaluate", description="Full-ranking metrics of a finished run.")
     p.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
     p.add_argument("--split", choices=["valid", "test"], default="test")
     p.add_argument("--ks", type=positive_int, nargs="+", default=[10, 20])
     p.add_argument("--out", default=None,
                    help="JSON output (default RUN/eval_<split>.json, RUN/eval_<split>_<index>[_gallery].json with "
-                        "--index or --gallery).")
+                        "--index or --gallery). Inside a run directory only an eval_*.json name is accepted.")
     _add_serving_args(p)
     a = p.parse_args(argv)
+    if a.out:
+        from recsys.io_utils import check_output_path
+
+        # Before the model is rebuilt: inside a run directory only a result file of evaluate's own naming.
+        check_output_path(a.out, allow_in_run=EVAL_NAMES)
     from recsys.metrics.evaluate import beyond_accuracy, evaluate
     from recsys.runs import Run
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-
-from recsys.cli._common import _index_spec
+from recsys.cli._common import OneLineParser, _index_spec
 
 
 def cmd_export(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="recsys export",
-                                description="Write user and item embeddings (Parquet, external IDs) for ANN serving, "
-                                            "or a faiss index over the items (--format faiss).")
+    p = OneLineParser(prog="recsys export",
+                      description="Write user and item embeddings (Parquet, external IDs) for ANN serving, or a faiss "
+                                  "index over the items (--format faiss).")
     p.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
-    p.add_argument("--out", required=True, help="Output directory.")
+    p.add_argument("--out", required=True,
+                   help="Output directory (an existing one or a new name, outside any run directory); each file is "
+                        "replaced atomically.")
     p.add_argument("--format", choices=("parquet", "faiss"), default="parquet",
                    help="parquet (default): users.parquet, items.parquet, scorer.json. faiss: items.faiss, "
                         "item_ids.parquet (index row -> item ID), users.parquet, index.json "

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from recsys.cli._common import _add_serving_args, _is_exact, _launch_rank
+from recsys.cli._common import OneLineParser, _add_serving_args, _is_exact, _launch_rank, nonnegative_int, positive_int
 
 
 def cmd_score(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="recsys score", description="Top-k recommendations for users, as Parquet.",
         epilog="Any --trainer.* option (e.g. --trainer.strategy ddp --trainer.devices 2 --trainer.accelerator gpu "
                "--trainer.num_nodes N) scores with Lightning's trainer.predict instead: OUT becomes a directory of "
                "shards (--shard-users, default 50000), written by the rank that scored each.")
     p.add_argument("--run-dir", "--run_dir", dest="run_dir", required=True)
-    p.add_argument("--k", type=int, default=100)
-    p.add_argument("--out", required=True, help="Output Parquet file.")
+    p.add_argument("--k", type=positive_int, default=100,
+                   help="List length (default 100); more than the catalogue's items gives catalogue-long lists, "
+                        "with a note.")
+    p.add_argument("--out", required=True,
+                   help="Output Parquet file (a directory with --shard-users / --num-shards): a regular file or a "
+                        "new name, outside any run directory; replaced atomically.")
     p.add_argument("--users", default=None,
                    help="File of external user IDs (one per line, or a 'user' column). Default: every user of the "
                         "run, or of --histories when given.")
@@ -39,11 +42,16 @@ def cmd_score(argv: list[str]) -> int:
                         "user also in the run is scored from the file (histories take precedence), their run "
                         "interactions still excluded per --exclude. Items not in the catalogue are dropped and "
                         "counted; a history's items are excluded unless --exclude none.")
-    p.add_argument("--chunk-size", type=int, default=None, help="Users per GEMM chunk (default: 256 MiB budget).")
-    p.add_argument("--shard-users", type=int, default=None,
-                   help="Write OUT as a directory of Parquet shards of this many users, resumable.")
-    p.add_argument("--num-shards", type=int, default=1, help="Workers sharing the job (external schedulers).")
-    p.add_argument("--shard-index", type=int, default=0, help="This worker's index in 0..num-shards-1.")
+    p.add_argument("--chunk-size", type=positive_int, default=None,
+                   help="Users per GEMM chunk (default: 256 MiB budget).")
+    p.add_argument("--shard-users", type=positive_int, default=None,
+                   help="Write OUT as a directory of Parquet shards of this many users, resumable: a re-run keeps "
+                        "the shards whose fingerprint (run, model.pt, k, exclusions, index, users, precision, ...) "
+                        "matches and rewrites the others; manifest.json records what produced them.")
+    p.add_argument("--num-shards", type=positive_int, default=1,
+                   help="Workers sharing the job (external schedulers).")
+    p.add_argument("--shard-index", type=nonnegative_int, default=0,
+                   help="This worker's index in 0..num-shards-1.")
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
                    help="Score dtype: bf16 shortlists in bf16 and re-ranks in float32; auto = bf16 on CUDA with "
                         "bf16 support, float32 on CPU.")
@@ -55,6 +63,9 @@ def cmd_score(argv: list[str]) -> int:
                         "unseen in training, embedded from their text and ranked with the catalogue (text models; "
                         "with --index, kinds over plain tables: exact, prefix, hamming, seismic, faiss).")
     a, rest = p.parse_known_args(argv)
+    if a.shard_index >= a.num_shards:
+        p.error(f"argument --shard-index: must be in 0..{a.num_shards - 1} (--num-shards {a.num_shards}), got "
+                f"{a.shard_index}")
     if a.keep_seen:
         if a.exclude not in (None, "none"):
             p.error(f"--keep-seen (deprecated: --exclude none) contradicts --exclude {a.exclude}")

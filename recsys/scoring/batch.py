@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,26 +18,92 @@ if TYPE_CHECKING:
     from recsys.scoring.index import IndexSpec
 
 
+#: header names of the user column in a --users file (compared lower-case).
+USER_HEADERS = ("user", "userid", "user_id")
+
+
 def read_user_ids(path: str | Path) -> np.ndarray:
-    """External user IDs from a text file (one per line), a CSV with a ``user`` column, or Parquet."""
+    """External user IDs from a text file (one per line), a CSV/TSV with a ``user`` column, or Parquet.
+
+    A first line naming a user column (``user``, ``userId``, ``user_id``) is a header; when it has further
+    comma-, tab- or semicolon-separated columns (``user,segment``) the file is read as CSV and only the user
+    column is taken. Leading and trailing spaces of IDs are dropped.
+
+    Args:
+        path: the file.
+
+    Raises:
+        DataError: a missing or unreadable file, no user column, an empty ID or a short CSV row (file, column and
+            0-based data row named).
+    """
     path = Path(path)
     if not path.exists():
         raise DataError("users file not found", file=str(path))
+    if not path.is_file():
+        raise DataError("users file is not a regular file", file=str(path))
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        t = pq.ParquetFile(path).read()
-        col = "user" if "user" in t.column_names else t.column_names[0]
-        return np.asarray(t.column(col).to_pylist(), dtype=object)
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    if lines and lines[0].lower() in ("user", "userid", "user_id"):
-        lines = lines[1:]
-    for i, ln in enumerate(lines):
-        if not ln:
-            raise DataError("empty user ID", file=str(path), column="user", row=i)
+        return _read_parquet_users(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"users file is not UTF-8 text (byte {e.start})", file=str(path)) from None
+    lines = text.splitlines()
     if not lines:
         raise DataError("no user IDs in file", file=str(path))
-    return np.asarray(lines, dtype=object)
+    first = lines[0].strip()
+    for sep in (",", "\t", ";"):
+        names = [f.strip().strip('"').lower() for f in first.split(sep)]
+        if len(names) > 1 and any(n in USER_HEADERS for n in names):
+            return _read_csv_users(path, lines, sep, next(i for i, n in enumerate(names) if n in USER_HEADERS))
+    if first.lower() in USER_HEADERS:
+        lines = lines[1:]
+    ids = [ln.strip() for ln in lines]
+    for i, ln in enumerate(ids):
+        if not ln:
+            raise DataError("empty user ID", file=str(path), column="user", row=i)
+    if not ids:
+        raise DataError("no user IDs in file", file=str(path))
+    return np.asarray(ids, dtype=object)
+
+
+def _read_csv_users(path: Path, lines: list[str], sep: str, col: int) -> np.ndarray:
+    """The user column of a delimited --users file whose header is ``lines[0]``."""
+    import csv
+
+    ids = []
+    for i, row in enumerate(csv.reader(lines[1:], delimiter=sep)):
+        value = row[col].strip() if col < len(row) else ""
+        if not value:
+            what = ("empty user ID" if col < len(row)
+                    else f"row has {len(row)} fields, the user column is field {col + 1}")
+            raise DataError(what, file=str(path), column="user", row=i)
+        ids.append(value)
+    if not ids:
+        raise DataError("no user IDs in file", file=str(path))
+    return np.asarray(ids, dtype=object)
+
+
+def _read_parquet_users(path: Path) -> np.ndarray:
+    """The ``user`` column (or the only column) of a Parquet --users file."""
+    import pyarrow.parquet as pq
+
+    try:
+        t = pq.ParquetFile(path).read()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"users file is not a readable Parquet file ({' '.join(str(e).split())[:160]})",
+                        file=str(path)) from None
+    lower = [c.lower() for c in t.column_names]
+    match = [i for i, c in enumerate(lower) if c in USER_HEADERS]
+    if not match and t.num_columns != 1:
+        raise DataError(f"no user column (one of {', '.join(USER_HEADERS)}) among {t.column_names}", file=str(path))
+    name = t.column_names[match[0] if match else 0]
+    values = t.column(name).to_pylist()
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, str) and not v.strip()):
+            raise DataError("empty user ID", file=str(path), column=name, row=i)
+    if not values:
+        raise DataError("no user IDs in file", file=str(path))
+    return np.asarray([v.strip() if isinstance(v, str) else v for v in values], dtype=object)
 
 
 #: what ``recsys score --exclude`` removes from a user's list: every known interaction of the user in the run's data
@@ -63,6 +132,12 @@ class ScoringReport:
         unknown_items: histories rows dropped because their item is not in the run's catalogue.
         first_unknown_item: the first such item ID.
         empty_histories: histories users left with no known item (scored as if they had no history row).
+        duplicate_users: --users rows naming a user already listed (each user is scored once).
+        first_duplicate: the first such ID and its 0-based data row.
+        k_requested: the ``k`` asked for, when it exceeded the catalogue (the lists are then catalogue-long).
+        n_items: the catalogue size ``k`` was clamped to.
+        shards_written, shards_kept: sharded output: shards (re)written by this call, complete ones kept.
+        shards_removed: shards of an earlier layout (more shards than this job's) removed.
     """
 
     rows: int = 0
@@ -77,10 +152,30 @@ class ScoringReport:
     unknown_items: int = 0
     first_unknown_item: object = None
     empty_histories: int = 0
+    duplicate_users: int = 0
+    first_duplicate: tuple | None = None
+    k_requested: int | None = None
+    n_items: int = 0
+    shards_written: int = 0
+    shards_kept: int = 0
+    shards_removed: int = 0
 
     def lines(self) -> list[str]:
         """The summary lines ``recsys score`` prints (after the rows-written line)."""
         out = []
+        if self.k_requested is not None:
+            out.append(f"--k {self.k_requested} is more than the catalogue's {self.n_items} items: each list holds at "
+                       f"most {self.n_items} items (fewer once known items are excluded)")
+        if self.duplicate_users:
+            uid, row = self.first_duplicate
+            out.append(f"--users: {self.duplicate_users} duplicate rows ignored, each user is scored once (first: "
+                       f"{uid!r} at row {row})")
+        if self.shards_written or self.shards_kept or self.shards_removed:
+            line = (f"shards: {self.shards_written} written, {self.shards_kept} complete ones kept (same "
+                    "fingerprint)")
+            if self.shards_removed:
+                line += f", {self.shards_removed} files of an earlier layout removed"
+            out.append(line)
         if self.history_rows:
             line = f"--histories: {self.history_users} users scored from {self.history_rows} rows"
             if self.unknown_items:
@@ -124,7 +219,7 @@ def _score_fn_for_run(run, index: IndexSpec | None = None, gallery: Path | None 
     from recsys.runs import Run
     from recsys.scoring.index import ExactSpec
 
-    payload = run.payload
+    payload = run.checked_payload()
     if payload.tables is not None:
         gallery_items = None if gallery is None else Run.open(gallery).item_table_for(run.vocab("item"))
         return table_score_fn(*payload.tables, normalize=bool(payload.scorer.get("normalize", False)),
@@ -167,16 +262,22 @@ def run_scoring(run_dir: str | Path, out: str | Path, *, k: int = 100, users_fil
     is checked against those interactions and the count of already-consumed items found is reported.
 
     With ``shard_users`` (or ``num_shards > 1``) ``out`` is a directory of ``part-NNNNN.parquet`` shards, each
-    written atomically with a ``.json`` sidecar (rows, users, sha256) and a ``manifest.json`` over all shards. A
-    rerun verifies existing shards against their sidecars, skips the complete ones and rewrites missing, truncated
-    or corrupted ones, so a killed job resumes to byte-identical output. ``num_shards`` / ``shard_index`` let an
-    external scheduler split the shards between workers (shard i goes to worker ``i % num_shards``).
+    written atomically with a ``.json`` sidecar (rows, users, sha256 and the job's fingerprint, see
+    :class:`ShardSet`) and a ``manifest.json`` over all shards that records every fingerprint field. A rerun
+    verifies existing shards against their sidecars, skips the complete ones of the same fingerprint and rewrites
+    missing, truncated, corrupted or stale ones (another model, k, exclusion, index, user subset, precision, ...),
+    so a killed job resumes to byte-identical output and a changed job never keeps old lists. ``k`` above the
+    catalogue size is clamped to it (reported). ``out`` is refused before any work when it is a device, FIFO or
+    directory (a regular file, for shards), lies inside a run directory or is an input file. ``num_shards`` /
+    ``shard_index`` let an external scheduler split the shards between workers (shard i goes to worker
+    ``i % num_shards``).
 
     Args:
         run_dir: a finished ``recsys fit`` run.
         out: the Parquet file (or, when sharded, the directory) to write.
-        k: list length.
-        users_file: external user IDs to score (all users of the run, or of ``histories``, when None).
+        k: list length (at least 1; clamped to the catalogue size).
+        users_file: external user IDs to score (all users of the run, or of ``histories``, when None); repeated
+            IDs are scored once and counted.
         exclude: ``all`` (every known interaction of the user: train + valid + test, and the histories' items),
             ``train`` (training interactions and the histories' items) or ``none`` (keep everything).
         chunk_size: users per GEMM chunk (from a memory budget when None).
@@ -204,11 +305,16 @@ def run_scoring(run_dir: str | Path, out: str | Path, *, k: int = 100, users_fil
         keep_seen: deprecated alias of ``exclude="none"``.
 
     Raises:
+        UsageError: a non-positive ``k``, chunk size, shard size or worker count, a shard index out of range, or an
+            output target that must not be replaced (:func:`recsys.io_utils.check_output_path`).
+        CheckpointError: ``model.pt`` is damaged or its tables do not fit the run (:meth:`Run.checked_payload`).
         DataError: unknown user IDs under ``unknown_users="error"``, or a bad histories or users file.
         ServingError: new items or explanations with a gallery (another item table), explanations with histories
             or popular fallbacks, a model that cannot score histories, or an index that does not fit the run (see
             :func:`recsys.recommender.table_score_fn`).
     """
+    _check_options(k=k, chunk_size=chunk_size, shard_users=shard_users, num_shards=num_shards,
+                   shard_index=shard_index, exclude=exclude, unknown_users=unknown_users, precision=precision)
     if gallery is not None and (new_items is not None or explain):
         raise ServingError("a gallery cannot be combined with new items or explanations (they describe this "
                            "run's own item table)")
@@ -217,6 +323,12 @@ def run_scoring(run_dir: str | Path, out: str | Path, *, k: int = 100, users_fil
     if explain and (histories is not None or unknown_users == "popular"):
         raise ServingError("--explain explains the run's stored user vectors: it cannot be combined with "
                            "--histories or --unknown-users popular")
+    from recsys.io_utils import check_output_path
+
+    sharded = shard_users is not None or num_shards > 1
+    # Before anything is read: a device, a FIFO, a run's own files or an input file is never replaced.
+    out = check_output_path(out, directory=sharded, inputs={"--users": users_file, "--histories": histories,
+                                                           "--new-items": new_items})
     job = _ScoringJob(run_dir, k, users_file, _exclude_mode(exclude, keep_seen), chunk_size, index, gallery,
                       new_items, unknown_users, histories)
     if precision != "32":
@@ -229,39 +341,68 @@ def run_scoring(run_dir: str | Path, out: str | Path, *, k: int = 100, users_fil
         attach_explicit(job)
     from recsys.progress import progress
 
-    if shard_users is None and num_shards == 1:
+    if not sharded:
         with progress(len(job.rows), "scoring users", "users") as job.bar:
-            job.report.rows = job.write(Path(out), job.rows)
+            job.report.rows = job.write(out, job.rows)
         return job.report
-    if not 0 <= shard_index < num_shards:
-        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
     per = shard_users or -(-len(job.rows) // num_shards)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".part-*.tmp"):
-        # Temp files of a killed run (a shard only becomes visible by an atomic rename). With several workers
-        # another one may be writing, so only a single-worker job cleans up.
-        if num_shards == 1:
-            stale.unlink(missing_ok=True)
-    parts = range(0, max(1, -(-len(job.rows) // per)))
-    todo = [p for p in parts if p % num_shards == shard_index
-            and not _shard_is_complete(out / f"part-{p:05d}.parquet", len(job.rows[p * per:(p + 1) * per]))]
-    with progress(sum(len(job.rows[p * per:(p + 1) * per]) for p in todo), "scoring users", "users") as job.bar:
+    fields = job.fingerprint(index=index, gallery=gallery, explain=explain, new_items=new_items,
+                             users_file=users_file, histories=histories, shard_users=per)
+    shards = ShardSet(out, job.rows, per, fields, job.report)
+    # Temp files of killed writers are unlocked, so this is safe with several workers writing.
+    shards.prepare()
+    todo = [p for p in range(shards.n_parts) if p % num_shards == shard_index and not shards.is_complete(p)]
+    job.report.shards_kept = sum(1 for p in range(shards.n_parts) if p % num_shards == shard_index) - len(todo)
+    with progress(sum(len(shards.users(p)) for p in todo), "scoring users", "users") as job.bar:
         for p in todo:
-            path = out / f"part-{p:05d}.parquet"
-            rows = job.rows[p * per:(p + 1) * per]
-            written = job.write(path, rows)
-            _write_sidecar(path, written, rows)
+            rows = shards.users(p)
+            written = job.write(shards.path(p), rows, sweep=False)
+            shards.write_sidecar(p, written)
             job.report.rows += written
-    _write_manifest(out, len(parts), k)
+            job.report.shards_written += 1
+    shards.write_manifest()
     return job.report
 
 
-def _exclude_mode(exclude: str, keep_seen: bool) -> str:
+def _check_options(*, k, chunk_size=None, shard_users=None, num_shards=1, shard_index=0, exclude="all",
+                   unknown_users="error", precision="32") -> None:
+    """Refuse option values that cannot describe a scoring job, before anything is read (one line each).
+
+    Raises:
+        UsageError: a non-positive ``k``, chunk size, shard size or worker count, a shard index outside
+            ``0..num_shards-1``, or an unknown exclusion, unknown-users or precision choice.
+    """
+    from recsys.errors import UsageError
+
+    for name, value, allow_none in (("--k", k, False), ("--chunk-size", chunk_size, True),
+                                    ("--shard-users", shard_users, True), ("--num-shards", num_shards, False)):
+        if value is None and allow_none:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise UsageError(f"{name} must be an integer >= 1, got {value!r}")
+    if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)) \
+            or not 0 <= shard_index < num_shards:
+        raise UsageError(f"--shard-index must be in 0..{num_shards - 1} (--num-shards {num_shards}), got "
+                         f"{shard_index!r}")
     if exclude not in EXCLUDE_CHOICES:
-        raise ValueError(f"exclude must be one of {', '.join(EXCLUDE_CHOICES)}, not {exclude!r}")
+        raise UsageError(f"--exclude must be one of {', '.join(EXCLUDE_CHOICES)}, not {exclude!r}")
+    if unknown_users not in UNKNOWN_USERS_CHOICES:
+        raise UsageError(f"--unknown-users must be one of {', '.join(UNKNOWN_USERS_CHOICES)}, not {unknown_users!r}")
+    from recsys.scoring.topk import scoring_dtype
+
+    try:
+        scoring_dtype(precision, "cpu")
+    except ValueError as e:
+        raise UsageError(f"--precision: {e}") from None
+
+
+def _exclude_mode(exclude: str, keep_seen: bool) -> str:
+    from recsys.errors import UsageError
+
+    if exclude not in EXCLUDE_CHOICES:
+        raise UsageError(f"exclude must be one of {', '.join(EXCLUDE_CHOICES)}, not {exclude!r}")
     if keep_seen and exclude not in ("all", "none"):
-        raise ValueError(f"keep_seen (the deprecated alias of exclude='none') contradicts exclude={exclude!r}")
+        raise UsageError(f"keep_seen (the deprecated alias of exclude='none') contradicts exclude={exclude!r}")
     return "none" if keep_seen else exclude
 
 
@@ -297,10 +438,15 @@ class _ScoringJob:
         from recsys.runs import Run
 
         if unknown_users not in UNKNOWN_USERS_CHOICES:
-            raise ValueError(f"unknown_users must be one of {', '.join(UNKNOWN_USERS_CHOICES)}, not "
+            from recsys.errors import UsageError
+
+            raise UsageError(f"unknown_users must be one of {', '.join(UNKNOWN_USERS_CHOICES)}, not "
                              f"{unknown_users!r}")
         #: the run, read once: its payload, vocabularies and split are cached on it.
         self.run = run = Run.open(run_dir)
+        # model.pt is checked against the vocabularies before anything is scored.
+        run.checked_payload()
+        self.unknown_users = unknown_users
         self.report = ScoringReport(exclude=exclude)
         self.user_vocab = run.vocab("user")
         self.item_vocab = trained_items = run.vocab("item")
@@ -331,6 +477,11 @@ class _ScoringJob:
             new_ids, extra = new_item_tables(run, new_items)
             # New rows go after the trained ones: trained item rows (and the exclusions) keep their numbers.
             self.item_vocab = Vocabulary(np.concatenate([self.item_vocab.ids, new_ids]), "item")
+        n_items = len(self.item_vocab)
+        if n_items and self.k > n_items:
+            # Lists longer than the catalogue would only be padding (and k = 10**9 would allocate it): clamp, say so.
+            self.report.k_requested, self.report.n_items = self.k, n_items
+            self.k = n_items
         self.exclude, self.known = self._exclusions(exclude, hist)  # keys over the full (extended) catalogue
         self.popular = self._popular() if len(popular_ids) else None
         gallery = None if gallery is None else Path(gallery)
@@ -369,6 +520,8 @@ class _ScoringJob:
             raw, file_rows = hist.all_ids()
             source = hist.source
         ids, ok = to_id_type(raw, self.user_vocab.ids.dtype)
+        if users_file is not None:
+            raw, ids, ok, file_rows = self._drop_duplicates(raw, ids, ok, file_rows)
         rows = np.full(len(ids), -1, dtype=np.int64)
         if hist is not None and len(hist.ids):
             # Histories take precedence over the run's own user vector.
@@ -386,8 +539,12 @@ class _ScoringJob:
             shown = ", ".join(repr(_plain(raw[i])) for i in first[:5]) + (", ..." if n_unknown > 5 else "")
             where = "in the run's user vocabulary" + (" nor in --histories" if hist is not None else "")
             fix = "pass --unknown-users skip or popular" + ("" if hist is not None else ", or --histories")
-            raise DataError(f"unknown user IDs: {n_unknown} of {len(raw)} are not {where} (first: {shown}); {fix}",
-                            file=source, column="user", row=int(file_rows[first[0]]))
+            n_mistyped = int((unknown & ~ok).sum())
+            # "abc" against integer IDs cannot be any user of the run: say so, not only that it is unknown.
+            typed = (f"; {n_mistyped} of them are not {self.user_vocab.ids.dtype} IDs like the run's"
+                     if n_mistyped else "")
+            raise DataError(f"unknown user IDs: {n_unknown} of {len(raw)} are not {where} (first: {shown}){typed}; "
+                            f"{fix}", file=source, column="user", row=int(file_rows[first[0]]))
         if n_unknown and unknown_users == "skip":
             self.report.unknown_skipped = n_unknown
             self.rows = rows[~unknown]
@@ -402,6 +559,52 @@ class _ScoringJob:
             rows[unknown] = self.n_scored + np.arange(n_unknown)
         self.rows = rows
         return ids[unknown]
+
+    def _drop_duplicates(self, raw, ids, ok, file_rows):
+        """The --users rows without repeats of an earlier row (``"7"`` and ``"07"`` are one integer user), counted.
+
+        Shapes:
+            raw, ids, ok, file_rows: [N] -> each [M], M <= N, in file order
+        """
+        keep = np.zeros(len(ids), dtype=bool)
+        for sel, keys in ((np.flatnonzero(ok), ids[ok]), (np.flatnonzero(~ok), raw[~ok].astype(str))):
+            if len(sel):
+                _, first = np.unique(keys, return_index=True)
+                keep[sel[first]] = True
+        if keep.all():
+            return raw, ids, ok, file_rows
+        dup = int(np.flatnonzero(~keep)[0])
+        self.report.duplicate_users = int((~keep).sum())
+        self.report.first_duplicate = (_plain(raw[dup]), int(file_rows[dup]))
+        return raw[keep], ids[keep], ok[keep], file_rows[keep]
+
+    def fingerprint(self, *, index=None, gallery=None, explain=False, new_items=None, users_file=None,
+                    histories=None, shard_users=None) -> dict:
+        """Everything that determines the job's output, as plain JSON data (what shards and manifests record).
+
+        The run by content (``config.yaml``, ``model.pt``, ``data/`` hashes), the gallery run's likewise, ``k``,
+        the exclusion and unknown-users policies, the index spec, the users, histories and new-items files (by
+        content), the score precision, explanations and the shard layout.
+
+        Args:
+            index, gallery, explain, new_items, users_file, histories: as given to :func:`run_scoring`.
+            shard_users: users per shard.
+        """
+        from recsys import __version__
+        from recsys.runs import Run, file_sha256
+
+        def content(path):
+            return None if path is None else file_sha256(path)
+
+        return {
+            "format": 1, "recsys": __version__, "run": self.run.identity(),
+            "gallery": None if gallery is None else Run.open(gallery).identity(("item_vocab.parquet",)),
+            "k": int(self.k), "exclude": self.report.exclude, "unknown_users": self.unknown_users,
+            "index": "exact" if index is None else str(index), "users_sha256": content(users_file),
+            "histories_sha256": content(histories), "new_items_sha256": content(new_items),
+            "precision": str(self.dtype or torch.float32).removeprefix("torch."), "explain": bool(explain),
+            "shard_users": None if shard_users is None else int(shard_users), "n_users": int(len(self.rows)),
+        }
 
     def _exclusions(self, exclude: str, hist):
         """(items never to recommend, items the user is known to have had) over the scored virtual rows.
@@ -527,10 +730,16 @@ class _ScoringJob:
         at = np.minimum(np.searchsorted(self.known, q), len(self.known) - 1)
         return int((self.known[at] == q).sum())
 
-    def write(self, path: Path, rows: np.ndarray, chunks=None) -> int:
+    def write(self, path: Path, rows: np.ndarray, chunks=None, sweep: bool = True) -> int:
         """Stream the top-k of ``rows`` (scored here, or given as ``chunks``) into one Parquet file, atomically.
 
         Every chunk is checked against the users' known interactions (:meth:`consumed`) into :attr:`report`.
+
+        Args:
+            path: the Parquet file.
+            rows: the virtual rows to write.
+            chunks: precomputed ``(rows, items, scores)`` chunks (the Lightning path), or None to score here.
+            sweep: remove the target's stale temporary files first (see :func:`recsys.io_utils.atomic_path`).
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -538,7 +747,7 @@ class _ScoringJob:
         from recsys.io_utils import atomic_path, numpy_to_arrow
 
         k, n = self.k, 0
-        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, self.schema) as writer:
+        with atomic_path(path, sweep=sweep) as tmp, pq.ParquetWriter(tmp, self.schema) as writer:
             topk_chunks = chunks if chunks is not None else self.topk_chunks(rows, dtype=self.dtype)
             for urows, idx, vals in topk_chunks:
                 idx, vals = idx.numpy(), vals.numpy()
@@ -563,53 +772,102 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+#: shard and sidecar names of a sharded output (``part-00012.parquet`` and ``part-00012.json``).
+_SHARD_NAME = re.compile(r"part-(\d{5,})\.(parquet|json)")
 
 
-def _write_sidecar(path: Path, rows_written: int, users: np.ndarray) -> None:
-    import json
+class ShardSet:
+    """The shards of one sharded scoring job in a directory: which are done, their sidecars, the manifest.
 
-    from recsys.io_utils import atomic_write_text
+    A shard counts as done only when its file matches its sidecar's checksum, covers its users and its sidecar
+    records this job's fingerprint (:meth:`_ScoringJob.fingerprint`): a re-run with another model, ``k``,
+    exclusion, index, user subset, precision or layout rewrites every shard instead of keeping stale ones.
 
-    meta = {"file": path.name, "rows": rows_written, "users": len(users), "sha256": _sha256(path)}
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, sort_keys=True) + "\n")
+    Args:
+        out: the output directory.
+        rows: the job's virtual user rows, in output order.
+        per: users per shard.
+        fields: the job's fingerprint fields (recorded in full in ``manifest.json``).
+        report: the job's report (counts of removed shards go there), or None.
+    """
 
+    def __init__(self, out: Path, rows: np.ndarray, per: int, fields: dict, report: ScoringReport | None = None
+                 ) -> None:
+        self.out, self.rows, self.per, self.fields = Path(out), rows, int(per), fields
+        self.n_parts = max(1, -(-len(rows) // self.per))
+        self.fingerprint = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+        self.report = report
 
-def _shard_is_complete(path: Path, n_users: int) -> bool:
-    """A shard counts as done only if its file exists, matches its sidecar's checksum and covers its users."""
-    import json
+    def path(self, p: int) -> Path:
+        """Shard ``p``'s Parquet file."""
+        return self.out / f"part-{p:05d}.parquet"
 
-    side = path.with_suffix(".json")
-    if not (path.exists() and side.exists()):
-        return False
-    try:
-        meta = json.loads(side.read_text())
-    except ValueError:
-        return False
-    return meta.get("users") == n_users and meta.get("sha256") == _sha256(path)
+    def users(self, p: int) -> np.ndarray:
+        """The virtual rows shard ``p`` covers."""
+        return self.rows[p * self.per:(p + 1) * self.per]
 
+    def prepare(self) -> None:
+        """Create the directory; remove killed writers' temp files and shards beyond this layout's count.
 
-def _write_manifest(out: Path, n_parts: int, k: int) -> None:
-    """``manifest.json`` over the shards present so far: rows, checksums, and whether the job is complete."""
-    import json
+        The manifest is rewritten first (complete only if every shard already carries this fingerprint), so a job
+        killed while it replaces stale shards never leaves a manifest that vouches for them.
+        """
+        from recsys.io_utils import remove_stale_temps
 
-    from recsys.io_utils import atomic_write_text
+        self.out.mkdir(parents=True, exist_ok=True)
+        # Unlocked temp files only: a worker writing right now holds its temp file's lock.
+        remove_stale_temps(self.out)
+        removed = 0
+        for entry in list(self.out.iterdir()):
+            m = _SHARD_NAME.fullmatch(entry.name)
+            if m and int(m.group(1)) >= self.n_parts and entry.is_file():
+                # An earlier job with more shards: a reader globbing part-*.parquet must not see its lists.
+                entry.unlink(missing_ok=True)
+                removed += 1
+        if self.report is not None:
+            self.report.shards_removed = removed
+        self.write_manifest()
 
-    shards = []
-    for p in range(n_parts):
-        side = out / f"part-{p:05d}.json"
-        if side.exists():
-            shards.append(json.loads(side.read_text()))
-    manifest = {"k": k, "n_shards": n_parts, "complete": len(shards) == n_parts,
-                "rows": sum(s["rows"] for s in shards), "shards": shards}
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    def _sidecar(self, p: int) -> dict | None:
+        side = self.path(p).with_suffix(".json")
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def is_complete(self, p: int) -> bool:
+        """Shard ``p`` exists, matches its sidecar's checksum, covers its users and has this job's fingerprint."""
+        from recsys.runs import file_sha256
+
+        meta, path = self._sidecar(p), self.path(p)
+        if meta is None or meta.get("fingerprint") != self.fingerprint or not path.is_file():
+            return False
+        return meta.get("users") == len(self.users(p)) and meta.get("sha256") == file_sha256(path)
+
+    def write_sidecar(self, p: int, rows_written: int) -> None:
+        """Shard ``p``'s ``.json`` sidecar: file, rows, users, sha256 and the job's fingerprint."""
+        from recsys.io_utils import atomic_write_text
+        from recsys.runs import file_sha256
+
+        path = self.path(p)
+        meta = {"file": path.name, "rows": rows_written, "users": len(self.users(p)), "sha256": file_sha256(path),
+                "fingerprint": self.fingerprint}
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, sort_keys=True) + "\n", sweep=False)
+
+    def write_manifest(self) -> dict:
+        """``manifest.json``: the shards of this fingerprint present so far, whether the job is complete, and what
+        produced it (every fingerprint field)."""
+        from recsys.io_utils import atomic_write_text
+
+        shards = [m for m in (self._sidecar(p) for p in range(self.n_parts))
+                  if m is not None and m.get("fingerprint") == self.fingerprint]
+        manifest = {"k": self.fields.get("k"), "n_shards": self.n_parts, "complete": len(shards) == self.n_parts,
+                    "rows": sum(int(s.get("rows", 0)) for s in shards), "shards": shards,
+                    "fingerprint": self.fingerprint, "produced_by": self.fields}
+        atomic_write_text(self.out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n",
+                          sweep=False)
+        return manifest
 
 
 def _arrow_type(vocab):

@@ -35,6 +35,8 @@ def export_run(run_dir: str | Path, out: str | Path, format: Literal["parquet", 
 
     Raises:
         RunDirError: the run's model has no embedding tables (a baseline such as EASE).
+        UsageError: ``out`` is not a directory or a new name, or lies inside a run directory.
+        CheckpointError: ``model.pt``'s tables do not fit the run's vocabularies.
         ServingError: ``index`` is not a faiss spec, or is given with ``parquet``.
         MissingDependencyError: ``faiss`` without faiss installed.
     """
@@ -48,11 +50,14 @@ def export_run(run_dir: str | Path, out: str | Path, format: Literal["parquet", 
     if format == "faiss" and not isinstance(index, FaissSpec | None):
         raise ServingError(f"the faiss format writes a faiss index: the index must be faiss:flat, faiss:ivf, "
                            f"faiss:hnsw or faiss:binary, not {index}")
+    from recsys.io_utils import check_output_path
+
+    # Before the run is read: a file, a device or a run directory (this one or another) is never written into.
+    out = check_output_path(out, directory=True)
     run = Run.open(run_dir)
-    payload = run.payload
+    payload = run.checked_payload()
     if payload.tables is None:
         raise RunDirError(f"the model in {str(run.path)!r} is not an embedding model (no user/item tables to export)")
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if format == "faiss":
         return _export_faiss(run, out, index or FaissSpec())
@@ -76,7 +81,7 @@ def _export_faiss(run, out: Path, spec) -> dict:
     from recsys.recommender import build_index
     from recsys.scoring.index import ServingTables
 
-    payload = run.payload
+    payload = run.checked_payload()
     tables = ServingTables.from_payload(payload, file=str(run.path))
     built = build_index(spec, tables)
     with atomic_path(out / FAISS_FILES["index"]) as tmp:

@@ -11,41 +11,18 @@ complete shards, like the plain path. This module imports Lightning; ``recsys sc
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from recsys.scoring.batch import (
-    ScoringReport,
-    _exclude_mode,
-    _ScoringJob,
-    _shard_is_complete,
-    _write_manifest,
-    _write_sidecar,
-)
+from recsys.scoring.batch import ScoringReport, ShardSet, _check_options, _exclude_mode, _ScoringJob
 
 #: users per shard when ``--shard-users`` is not given (independent of the world size, so a rerun on another
 #: number of devices still finds and verifies the same shards).
 DEFAULT_SHARD_USERS = 50_000
-
-
-class _ShardLayout:
-    """Where shard ``p`` lives and which user rows it covers."""
-
-    def __init__(self, out: Path, rows: np.ndarray, per: int) -> None:
-        self.out, self.rows, self.per = out, rows, per
-        self.n_parts = max(1, math.ceil(len(rows) / per))
-
-    def path(self, p: int) -> Path:
-        return self.out / f"part-{p:05d}.parquet"
-
-    def users(self, p: int) -> np.ndarray:
-        return self.rows[p * self.per:(p + 1) * self.per]
 
 
 class _ShardIndex(Dataset):
@@ -73,7 +50,7 @@ class ScoringModule(L.LightningModule):
 
     Args:
         job: the loaded scoring job (vocabularies, exclusions, score function).
-        layout: the shard layout.
+        layout: the shards (:class:`recsys.scoring.batch.ShardSet`).
         tables: ``(queries, items)`` of the job (the run's, with any folded-in users appended), or None.
         precision: ``auto`` (bf16 on CUDA with bf16 support, else float32), ``32`` or ``bf16``.
 
@@ -81,7 +58,7 @@ class ScoringModule(L.LightningModule):
         tables: queries [U, D], items [N, D]
     """
 
-    def __init__(self, job: _ScoringJob, layout: _ShardLayout, tables=None, precision: str = "auto") -> None:
+    def __init__(self, job: _ScoringJob, layout: ShardSet, tables=None, precision: str = "auto") -> None:
         super().__init__()
         self.job, self.layout, self.precision_option = job, layout, precision
         self.has_tables = tables is not None
@@ -96,7 +73,7 @@ class ScoringModule(L.LightningModule):
         if p >= self.layout.n_parts:  # padding, so that every rank has a step
             return None
         users = self.layout.users(p)
-        if _shard_is_complete(self.layout.path(p), len(users)):
+        if self.layout.is_complete(p):
             return None
         job = self.job
         device = self.device if self.has_tables else torch.device("cpu")
@@ -110,10 +87,11 @@ class ShardWriter(BasePredictionWriter):
 
     Args:
         job: the scoring job (its ``write`` streams the Parquet file).
-        layout: the shard layout.
+        layout: the shards (:class:`recsys.scoring.batch.ShardSet`); set before the predict loop starts when None
+            here.
     """
 
-    def __init__(self, job: _ScoringJob, layout: _ShardLayout) -> None:
+    def __init__(self, job: _ScoringJob, layout: ShardSet | None) -> None:
         super().__init__(write_interval="batch")
         self.job, self.layout, self.rows_written = job, layout, 0
 
@@ -122,9 +100,10 @@ class ShardWriter(BasePredictionWriter):
             return
         p, users, chunks = prediction
         path = self.layout.path(p)
-        n = self.job.write(path, users, chunks)
-        _write_sidecar(path, n, users)
+        n = self.job.write(path, users, chunks, sweep=False)
+        self.layout.write_sidecar(p, n)
         self.rows_written += n
+        self.job.report.shards_written += 1
 
 
 def predict_run(run_dir: str | Path, out: str | Path, *, k: int = 100, users_file: str | Path | None = None,
@@ -164,17 +143,15 @@ def predict_report(run_dir: str | Path, out: str | Path, *, k: int = 100, users_
         histories: users scored from their item histories (see :func:`recsys.scoring.batch.run_scoring`).
         keep_seen: deprecated alias of ``exclude="none"``.
     """
+    _check_options(k=k, chunk_size=chunk_size, shard_users=shard_users, exclude=exclude,
+                   unknown_users=unknown_users, precision=precision)
+    from recsys.io_utils import check_output_path
+
+    out = check_output_path(out, directory=True, inputs={"--users": users_file, "--histories": histories})
     job = _ScoringJob(run_dir, k, users_file, _exclude_mode(exclude, keep_seen), chunk_size,
                       unknown_users=unknown_users, histories=histories)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # No rank writes before all ranks have joined the process group inside trainer.predict, so each rank may
-    # remove temp files of a killed earlier run here.
-    for stale in out.glob(".part-*.tmp"):
-        stale.unlink(missing_ok=True)
-    layout = _ShardLayout(out, job.rows, shard_users or DEFAULT_SHARD_USERS)
-    module = ScoringModule(job, layout, job.tables, precision)
-    writer = ShardWriter(job, layout)
+    # The writer is the trainer's callback; its shards are known once the trainer says which device scores.
+    writer = ShardWriter(job, None)
     targs = dict(trainer or {})
     targs["callbacks"] = [*list(targs.get("callbacks") or []), writer]
     if targs.get("logger") in (None, True):
@@ -182,6 +159,17 @@ def predict_report(run_dir: str | Path, out: str | Path, *, k: int = 100, users_
     targs.setdefault("default_root_dir", str(out))
     targs["enable_checkpointing"] = False
     pl_trainer = L.Trainer(**targs)
+    from recsys.scoring.topk import scoring_dtype
+
+    # The fingerprint records the precision this rank's device resolves to (auto: bf16 on CUDA, float32 on CPU).
+    job.dtype = scoring_dtype(precision, pl_trainer.strategy.root_device)
+    per = shard_users or DEFAULT_SHARD_USERS
+    layout = ShardSet(out, job.rows, per, job.fingerprint(users_file=users_file, histories=histories,
+                                                          shard_users=per), job.report)
+    # Temp files of killed writers are unlocked (a rank writing now holds its lock), so every rank may sweep.
+    layout.prepare()
+    writer.layout = layout
+    module = ScoringModule(job, layout, job.tables, precision)
     # Lightning's predict sampler needs at least one index per rank: pad with no-op steps when shards are fewer.
     loader = DataLoader(_ShardIndex(max(layout.n_parts, pl_trainer.world_size)), batch_size=1, shuffle=False,
                         collate_fn=_first)
@@ -193,7 +181,7 @@ def predict_report(run_dir: str | Path, out: str | Path, *, k: int = 100, users_
     # Every rank's shards are on disk before rank 0 lists them for the manifest.
     pl_trainer.strategy.barrier("recsys-scoring-manifest")
     if pl_trainer.is_global_zero:
-        _write_manifest(out, layout.n_parts, job.k)
+        layout.write_manifest()
     job.report.rows = writer.rows_written
     return job.report
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from recsys.cli._common import OneLineParser
 
 if TYPE_CHECKING:
     import numpy as np
@@ -144,7 +145,7 @@ def cmd_compare(argv: list[str]) -> int:
     """
     import numpy as np
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="recsys compare",
         description="Test metrics of finished runs with bootstrap confidence intervals (users resampled) and "
                     "paired p-values against a baseline (the first run, or --baseline), Holm-corrected, on the "

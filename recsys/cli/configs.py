@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
+from recsys.cli._common import OneLineParser
 
 
 def cmd_configs(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="recsys configs",
+    p = OneLineParser(prog="recsys configs",
                                 description="List the packaged configs (use one with `recsys fit --config NAME`).")
     p.add_argument("--show", metavar="NAME", default=None, help="Print one config's YAML instead.")
     a = p.parse_args(argv)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from recsys.cli._common import OneLineParser
 
 LOG = Path("logs") / "metrics.csv"
 
@@ -18,7 +19,7 @@ def cmd_plot(argv: list[str]) -> int:
         RunDirError: a run directory is missing or has no CSV training log.
         DataError: no run logged the metric nor a training loss.
     """
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="recsys plot",
         description="Learning curves of one or more runs (training loss and a validation metric per epoch), "
                     "overlaid with the run names as legend. Runs without a validation part are drawn from their "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from recsys.cli._common import OneLineParser
+
 _DESCRIPTION = """\
 Search fit options with Optuna: every trial is one `recsys fit` into STUDY_DIR/trials/NNNN, pruned per epoch on the
 validation metric. The study lives in STUDY_DIR/study.db: rerunning the same command continues it up to --n-trials
@@ -18,7 +20,7 @@ Needs optuna: pip install 'recsys[tune]'."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recsys tune", description=_DESCRIPTION, allow_abbrev=False,
+    p = OneLineParser(prog="recsys tune", description=_DESCRIPTION, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--space", required=True,
                    help="Search-space YAML file (fit option: distribution), or a packaged space's name "

@@ -14,13 +14,23 @@ if TYPE_CHECKING:  # pandas and scipy load lazily: the scoring path imports this
 
 @dataclass
 class DropReport:
-    """How many rows each preprocessing step removed, and why; nothing is dropped silently."""
+    """How many rows each preprocessing step removed, and why; nothing is dropped silently.
+
+    Args:
+        rows_in: rows before preprocessing.
+        steps: (reason, rows dropped) per step.
+        notes: what was kept but deserves a look (e.g. interactions with a rating <= 0 counted as positives).
+    """
 
     rows_in: int = 0
     steps: list[tuple[str, int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def add(self, reason: str, n: int) -> None:
         self.steps.append((reason, int(n)))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
 
     @property
     def rows_out(self) -> int:
@@ -28,12 +38,18 @@ class DropReport:
 
     def __str__(self) -> str:
         parts = [f"{n} {reason}" for reason, n in self.steps]
-        return f"{self.rows_in} rows in, {self.rows_out} kept; dropped: " + (", ".join(parts) if parts else "none")
+        text = f"{self.rows_in} rows in, {self.rows_out} kept; dropped: " + (", ".join(parts) if parts else "none")
+        return text + "".join(f"; {n}" for n in self.notes)
 
 
 def preprocess(df: pd.DataFrame, *, rating_threshold: float | None = None, min_user_interactions: int = 0,
                min_item_interactions: int = 0, duplicates: str = "latest") -> tuple[pd.DataFrame, DropReport]:
     """Filter an interaction log and report every dropped row.
+
+    Every kept interaction is a positive. The rating policy is reported, never silent: with a threshold, the rows
+    below it are counted as dropped, and the negative ratings and any rating <= 0 that the threshold still keeps
+    are counted in a note; without one, the interactions with a rating <= 0 (a -5 "dislike", a 0 "not rated") are
+    counted in a note saying they are positives.
 
     Args:
         df: columns ``user``, ``item`` and optionally ``rating``, ``timestamp``.
@@ -45,12 +61,25 @@ def preprocess(df: pd.DataFrame, *, rating_threshold: float | None = None, min_u
             ``"first"`` the first; ``"keep"`` keeps all.
     """
     report = DropReport(rows_in=len(df))
-    if rating_threshold is not None:
-        if "rating" not in df:
-            raise ValueError("rating_threshold is set but the log has no rating column")
-        keep = df["rating"].to_numpy() >= rating_threshold
-        report.add(f"below rating threshold {rating_threshold}", (~keep).sum())
-        df = df[keep]
+    if rating_threshold is not None and "rating" not in df:
+        raise ValueError("rating_threshold is set but the log has no rating column")
+    if "rating" in df:
+        ratings = df["rating"].to_numpy()
+        keep = np.ones(len(df), dtype=bool) if rating_threshold is None else ratings >= rating_threshold
+        n_negative = int((ratings < 0).sum())
+        n_kept_nonpositive = int((keep & (ratings <= 0)).sum())
+        if rating_threshold is not None:
+            report.add(f"below rating threshold {rating_threshold}", (~keep).sum())
+            if n_negative:
+                report.note(f"{n_negative} negative ratings, {n_negative - int((keep & (ratings < 0)).sum())} of "
+                            f"them below the threshold")
+            if n_kept_nonpositive:
+                report.note(f"{n_kept_nonpositive} interactions with rating <= 0 kept as positives by rating "
+                            f"threshold {rating_threshold:g}")
+            df = df[keep]
+        elif n_kept_nonpositive:
+            report.note(f"{n_kept_nonpositive} interactions with rating <= 0 counted as positives ({n_negative} "
+                        "negative; --data.preprocess.rating_threshold drops ratings below it)")
     if duplicates != "keep":
         if duplicates not in ("latest", "first"):
             raise ValueError(f"duplicates must be 'latest', 'first' or 'keep', not {duplicates!r}")

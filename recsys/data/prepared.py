@@ -8,6 +8,7 @@ run, and ``recsys score`` reloads it from a run directory without importing Ligh
 from __future__ import annotations
 
 import logging
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,7 +19,7 @@ import scipy.sparse as sp
 from recsys.data.interactions import preprocess, to_csr
 from recsys.data.splits import SPLIT_NAMES, TEST, TRAIN, VALID, carve_valid, resolve_method, split_interactions
 from recsys.data.vocab import Vocabulary
-from recsys.errors import DataError
+from recsys.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,9 @@ class Preprocess:
     """Interaction filtering, applied before the split.
 
     Args:
-        rating_threshold: keep ratings ≥ this; None (default) keeps every interaction.
+        rating_threshold: keep ratings ≥ this; None (default) keeps every interaction. Every kept interaction is
+            a positive, so the preprocessing report counts the ratings <= 0 that are kept (without a threshold, a
+            -5 counts as a positive and is reported as one) and the negative ratings.
         min_user_interactions: iterative k-core on users (0 = off).
         min_item_interactions: iterative k-core on items (0 = off).
         duplicates: ``latest`` (default), ``first`` or ``keep`` for repeated (user, item) pairs.
@@ -200,6 +203,14 @@ class Preprocess:
         for name in ("min_user_interactions", "min_item_interactions"):
             if getattr(self, name) < 0:
                 raise DataError(f"--data.preprocess.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if self.rating_threshold is not None and not np.isfinite(self.rating_threshold):
+            # NaN would drop every row (no comparison holds), -inf keep every one: neither is a threshold.
+            raise UsageError(f"--data.preprocess.rating_threshold must be a finite number or null, got "
+                             f"{self.rating_threshold}")
+
+
+#: the split methods of ``--data.split.method`` (see :class:`SplitSpec`).
+SplitMethod = Literal["auto", "random", "temporal", "loo", "global_temporal", "predefined"]
 
 
 @dataclass
@@ -216,18 +227,32 @@ class SplitSpec:
             for a split without one; 0 keeps the split as it is.
     """
 
-    method: Literal["auto", "random", "temporal", "loo", "global_temporal", "predefined"] = "auto"
+    method: SplitMethod = "auto"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 2026
     valid_from_train: float = 0.0
 
     def __post_init__(self) -> None:
+        # Refused when the options are read (exit status 2), before any data is loaded or a run directory made.
+        methods = typing.get_args(SplitMethod)
+        if self.method not in methods:
+            import difflib
+
+            close = difflib.get_close_matches(str(self.method), methods, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"--data.split.method must be one of {', '.join(methods)}, got {self.method!r}{hint}")
         ratios = tuple(self.ratios)
         if len(ratios) != 3 or any(not 0.0 <= r <= 1.0 for r in ratios):
-            raise DataError(f"--data.split.ratios must be three shares (train, valid, test) in [0, 1], got "
-                            f"{list(ratios)}")
+            raise UsageError(f"--data.split.ratios must be three shares (train, valid, test) in [0, 1], got "
+                             f"{list(ratios)}")
+        if abs(sum(ratios) - 1.0) > 1e-6:
+            raise UsageError(f"--data.split.ratios must sum to 1 (train, valid, test), got {list(ratios)} "
+                             f"(sum {sum(ratios):g})")
+        if ratios[0] == 0.0:
+            raise UsageError(f"--data.split.ratios: the train share must be above 0, got {list(ratios)}")
         if not 0.0 <= self.valid_from_train < 1.0:
-            raise DataError(f"--data.split.valid_from_train must be in [0, 1) (0 = off), got {self.valid_from_train}")
+            raise UsageError(f"--data.split.valid_from_train must be in [0, 1) (0 = off), got "
+                             f"{self.valid_from_train}")
 
 
 def _align(table, key: str, vocab: Vocabulary):
@@ -271,6 +296,31 @@ def _check_fits(raw, preprocessing: Preprocess, split: SplitSpec) -> None:
         raise DataError(f"--data.split.method {method} needs timestamps, and {raw.name!r} has none")
 
 
+def _check_split_feasible(labels: np.ndarray, users: np.ndarray, split: SplitSpec, method: str, name: str) -> None:
+    """Refuse a split that leaves nothing to train on, or holds out nothing when the split asks for held-out parts.
+
+    Checked before anything is trained or written: a run either has the parts its split promises, or fails here.
+    A split that holds out nothing by design (``--data.split.ratios [1,0,0]``, the refit on all data) passes, and
+    so does one with a test part but no validation part (trained without early stopping, as documented).
+
+    Raises:
+        DataError: no training interaction, or valid and test both empty although the split asks for them.
+    """
+    counts = np.bincount(labels, minlength=3)
+    most = int(np.bincount(users).max()) if len(users) else 0
+    if counts[TRAIN] == 0:
+        raise DataError(f"the {method!r} split of {name!r} leaves no training interaction (valid {counts[VALID]}, "
+                        f"test {counts[TEST]}): give training a share, e.g. --data.split.ratios [0.8,0.1,0.1]")
+    wants_held_out = method in ("loo", "predefined") or split.ratios[1] > 0 or split.ratios[2] > 0
+    if wants_held_out and counts[VALID] == 0 and counts[TEST] == 0:
+        # Every per-user splitter keeps a user's only interaction in training.
+        why = ("every user has fewer than 2 interactions" if most < 2
+               else f"the {method!r} split of {name!r} holds nothing out")
+        raise DataError(f"valid and test are empty: {why}, so nothing could be evaluated; use data with longer "
+                        "user histories, --data.split.method global_temporal, or --data.split.ratios [1,0,0] to "
+                        "train on everything without evaluation")
+
+
 def prepare(raw, preprocessing: Preprocess = Preprocess(), split: SplitSpec = SplitSpec()) -> PreparedData:
     """Preprocess, encode and split a ``RawDataset``; logs every dropped row.
 
@@ -311,6 +361,7 @@ def prepare(raw, preprocessing: Preprocess = Preprocess(), split: SplitSpec = Sp
                             "[0.8,0,0.2])")
         labels = carve_valid(labels, users, split.valid_from_train, split.seed)
         note += f", validation carved from train ({split.valid_from_train:g} per user, seed {split.seed})"
+    _check_split_feasible(labels, users, split, resolve_method(split.method, predefined is not None), raw.name)
     data = PreparedData(user_vocab, item_vocab, users, items, labels, ts,
                         item_table=_align(raw.items, "item", item_vocab),
                         user_table=_align(raw.users, "user", user_vocab), name=raw.name, split_note=note)

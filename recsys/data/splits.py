@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys.errors import DataError
+
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {"train": TRAIN, "valid": VALID, "test": TEST}
+#: the split methods :func:`split_interactions` knows.
+SPLIT_METHODS = ("auto", "random", "temporal", "loo", "global_temporal", "predefined")
 
 
 def _rank_within_user(users: np.ndarray, order_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -132,8 +136,21 @@ def _time_key(timestamps: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(ts)), ts)).argsort()
 
 
+def check_method(method: str) -> str:
+    """``method`` if it is a known split method, else a DataError listing them (a typo is not a missing column)."""
+    if method not in SPLIT_METHODS:
+        raise DataError(f"unknown split method {method!r} (--data.split.method); choose one of "
+                        f"{', '.join(SPLIT_METHODS)}")
+    return method
+
+
 def resolve_method(method: str, shipped: bool) -> str:
-    """The splitter ``method`` names: ``auto`` is ``predefined`` when the dataset ships a split, else ``random``."""
+    """The splitter ``method`` names: ``auto`` is ``predefined`` when the dataset ships a split, else ``random``.
+
+    Raises:
+        DataError: an unknown method (the message lists the known ones).
+    """
+    check_method(method)
     if method == "auto":
         return "predefined" if shipped else "random"
     return method
@@ -148,15 +165,12 @@ def split_interactions(method: str, users: np.ndarray, timestamps: np.ndarray | 
         return random_split(users, ratios, seed)
     if method == "predefined":
         if predefined is None:
-            raise ValueError("split 'predefined' needs a dataset with a 'split' column")
+            raise DataError("split 'predefined' needs a dataset with a 'split' column")
         return predefined.astype(np.int8)
     if timestamps is None:
-        raise ValueError(f"split {method!r} needs timestamps, and the log has none")
+        raise DataError(f"split {method!r} needs timestamps, and the log has none")
     if method == "temporal":
         return temporal_split(users, timestamps, ratios)
     if method == "loo":
         return leave_one_out(users, timestamps)
-    if method == "global_temporal":
-        return global_temporal_split(timestamps, ratios)
-    raise ValueError(f"unknown split {method!r}; choose auto, random, temporal, loo, global_temporal or "
-                     "predefined")
+    return global_temporal_split(timestamps, ratios)

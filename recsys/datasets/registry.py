@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from functools import partial
@@ -11,7 +12,7 @@ from recsys.datasets.benchmark_txt import load_benchmark_txt
 from recsys.datasets.generic import load_generic
 from recsys.datasets.movielens import MOVIELENS_VARIANTS, load_movielens
 from recsys.datasets.synthetic import generate_synthetic
-from recsys.errors import DataError
+from recsys.errors import DataError, UsageError
 
 __all__ = ["available_datasets", "load_dataset", "register_dataset"]
 
@@ -30,9 +31,11 @@ def _needs_path(loader: DatasetLoader, dataset: str) -> DatasetLoader:
         if path is None:
             raise DataError(f"dataset {dataset!r} needs path=... (--data.path on the command line)")
         return loader(path, **options)
+    load.__wrapped__ = loader  # so that _check_options sees the loader's own parameters
     return load
 
 
+_synthetic.__wrapped__ = generate_synthetic
 _LOADERS: dict[str, DatasetLoader] = {"synthetic": _synthetic}
 _LOADERS.update({variant: partial(load_movielens, variant) for variant in MOVIELENS_VARIANTS})
 _LOADERS["generic"] = _needs_path(load_generic, "generic")
@@ -83,4 +86,21 @@ def load_dataset(name: str, path: str | os.PathLike | None = None, **options) ->
     if key not in _LOADERS:
         known = ", ".join([*_LOADERS, *(f"{a} (= {t})" for a, t in _ALIASES.items())])
         raise DataError(f"unknown dataset {name!r} (--data.dataset); known datasets: {known}")
-    return _LOADERS[key](path=path, **options)
+    loader = _LOADERS[key]
+    _check_options(loader, key, options)
+    return loader(path=path, **options)
+
+
+def _check_options(loader: DatasetLoader, dataset: str, options: dict) -> None:
+    """Refuse an option the loader does not take, listing those it does (a TypeError would name no option)."""
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    taken = [n for n, p in params.items() if p.kind is not inspect.Parameter.POSITIONAL_ONLY and n != "path"]
+    unknown = [k for k in options if k not in taken]
+    if unknown:
+        raise UsageError(f"dataset {dataset!r} has no option {unknown[0]!r} (--data.options / --option); its options: "
+                         f"{', '.join(taken)}")

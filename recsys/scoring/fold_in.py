@@ -67,35 +67,17 @@ class HistoryUsers:
 
 
 def to_id_type(values: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """External IDs converted to a vocabulary's ID type, and which of them convert (the rest cannot be its IDs).
+    """External IDs converted exactly to a vocabulary's ID type, and which of them convert (nothing wraps).
 
-    Strings such as ``"42"`` become the integer 42 for an integer vocabulary; ``"4.5"`` or ``"abc"`` do not
-    convert. Nothing is raised: the caller decides whether a misfit is an unknown ID or an error.
+    See :func:`recsys.data.vocab.as_id_type`: ``-1`` is no ``uint64`` ID, ``2**63`` no ``int64`` one, ``"4.5"`` no
+    integer ID. Nothing is raised: the caller decides whether a misfit is an unknown ID or an error.
 
     Shapes:
         values: [N] -> (ids [N] of ``dtype``, ok [N] bool)
     """
-    values = np.asarray(values)
-    if dtype.kind == "O":
-        return values.astype(str).astype(object), np.ones(len(values), dtype=bool)
-    out = np.zeros(len(values), dtype=dtype)
-    ok = np.ones(len(values), dtype=bool)
-    if values.dtype.kind in "iu" and dtype.kind in "iu":
-        return values.astype(dtype), ok
-    try:  # the common case: every value converts at once
-        converted = values.astype(dtype)
-        if dtype.kind in "iu":
-            ok = converted.astype(np.float64) == values.astype(np.float64)  # 4.5 is not the integer 4
-        return np.where(ok, converted, 0).astype(dtype), ok
-    except (TypeError, ValueError, OverflowError):
-        pass
-    for i, v in enumerate(values):
-        try:
-            out[i] = dtype.type(v)
-            ok[i] = dtype.kind not in "iu" or float(v) == float(out[i])
-        except (TypeError, ValueError, OverflowError):
-            ok[i] = False
-    return out, ok
+    from recsys.data.vocab import as_id_type
+
+    return as_id_type(np.asarray(values), dtype)
 
 
 def read_histories(path: str | Path, user_vocab, item_vocab) -> HistoryUsers:
@@ -117,7 +99,8 @@ def read_histories(path: str | Path, user_vocab, item_vocab) -> HistoryUsers:
     from recsys.data.io import read_interactions, read_table
 
     label = str(path)
-    df = read_table(path)
+    # IDs as text: the exact conversion maps them to the vocabulary's type ('007' stays '007').
+    df = read_table(path, dtype={"user": str, "item": str})
     df = read_interactions(df, timestamp="timestamp" if "timestamp" in df.columns else None, name=label)
     users, ok = to_id_type(df["user"].to_numpy(), user_vocab.ids.dtype)
     if not ok.all():
@@ -128,7 +111,10 @@ def read_histories(path: str | Path, user_vocab, item_vocab) -> HistoryUsers:
     rows = np.where(item_ok, item_vocab.encode(items, missing="ignore"), -1) if len(item_vocab) else \
         np.full(len(items), -1, dtype=np.int64)
     known = rows >= 0
-    first_unknown = None if known.all() else df["item"].iloc[int(np.flatnonzero(~known)[0])]
+    first_unknown = None
+    if not known.all():
+        at = int(np.flatnonzero(~known)[0])
+        first_unknown = items[at] if item_ok[at] else df["item"].iloc[at]  # in the catalogue's ID type when it fits
     if isinstance(first_unknown, np.generic):
         first_unknown = first_unknown.item()
     order_key = df["timestamp"].to_numpy() if "timestamp" in df.columns else np.zeros(len(df), dtype=np.int64)

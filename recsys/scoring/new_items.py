@@ -60,15 +60,11 @@ def new_item_tables(run, new_items: str | Path) -> tuple[np.ndarray, torch.Tenso
 
 def _as_vocab_ids(ids: np.ndarray, dtype: np.dtype, source) -> np.ndarray:
     """New IDs in the trained vocabulary's ID type (so they decode alike), or a DataError naming the first misfit."""
-    if dtype.kind == "O":
-        return ids.astype(str).astype(object)
-    out = np.empty(len(ids), dtype=dtype)
-    for row, v in enumerate(ids):
-        try:
-            out[row] = dtype.type(v)
-            if dtype.kind in "iu" and float(v) != float(out[row]):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise DataError(f"item ID {v!r} is not of the trained catalogue's ID type ({dtype})", file=str(source),
-                            column="item", row=row) from None
+    from recsys.data.vocab import as_id_type
+
+    out, ok = as_id_type(ids, dtype)
+    if not ok.all():
+        row = int(np.flatnonzero(~ok)[0])
+        raise DataError(f"item ID {ids[row]!r} is not of the trained catalogue's ID type ({dtype})",
+                        file=str(source), column="item", row=row)
     return out

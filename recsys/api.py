@@ -85,7 +85,7 @@ def _option(key: str, value: Any) -> list[str]:
 
 def fit(data: RawDataset | str | None = None, config: str | os.PathLike = "mf_bpr", *,
         run_dir: str | os.PathLike | None = None, seed: int | None = None, refit_all: bool = False,
-        quiet: bool = False, **overrides: Any) -> Run:
+        overwrite: bool = False, quiet: bool = False, **overrides: Any) -> Run:
     """Train a model and return its finished run (the same run directory ``recsys fit`` writes).
 
     Args:
@@ -95,6 +95,7 @@ def fit(data: RawDataset | str | None = None, config: str | os.PathLike = "mf_bp
         run_dir: where the run is written (default ``runs/<time>-<config>``).
         seed: the seed of weights, sampling and order (the config's default when None).
         refit_all: after early stopping, refit on every interaction for the best epoch count.
+        overwrite: replace a run already in ``run_dir`` (once the new data are prepared; refused otherwise).
         quiet: print nothing.
         **overrides: any ``recsys fit`` option, with ``__`` for the dots: ``trainer__max_epochs=20``,
             ``model__init_args__encoder__init_args__dim=128``, ``data__split__seed=1``.
@@ -120,7 +121,7 @@ def fit(data: RawDataset | str | None = None, config: str | os.PathLike = "mf_bp
         argv += ["--seed", str(seed)]
     for key, value in overrides.items():
         argv += _option(key, value)
-    return fit_run(argv, dataset=dataset, refit_all=refit_all, quiet=quiet)
+    return fit_run(argv, dataset=dataset, refit_all=refit_all, overwrite=overwrite, quiet=quiet)
 
 
 def load_run(path: str | os.PathLike) -> Run:

@@ -16,10 +16,10 @@ import os
 import re
 import sys
 
-from recsys.errors import RecsysError
+from recsys.errors import RecsysError, UsageError
 
-__all__ = ["ConfigError", "add_model_arguments", "build_component", "build_fit_parser", "instantiate_model",
-           "parse_run_config"]
+__all__ = ["ConfigError", "add_model_arguments", "build_component", "build_fit_parser", "check_fit_options",
+           "instantiate", "instantiate_model", "parse_run_config", "read_config_file"]
 
 
 class ConfigError(RecsysError, ValueError):
@@ -46,8 +46,10 @@ def build_fit_parser(exit_on_error: bool = True):
     from recsys.data.datamodule import RecDataModule
 
     parser_class, config_action = _cli_classes()
+    # No abbreviations: `--trainer.max_epoch` must not silently mean `--trainer.max_epochs` (nor change meaning
+    # when an option is added); a near miss is answered with the close names instead.
     p = parser_class(prog="recsys fit", description="Train a model, restore its best checkpoint, test it.",
-                     default_env=False, exit_on_error=exit_on_error)
+                     default_env=False, exit_on_error=exit_on_error, allow_abbrev=False)
     p.add_argument("--config", action=config_action, help="YAML config (class_path/init_args).")
     p.add_argument("--run-dir", "--run_dir", dest="run_dir", type=str | None, default=None,
                    help="Output directory (default: runs/<time>-<config>).")
@@ -93,9 +95,12 @@ def _cli_classes():
                 super().error(message, ex)
             self._logger.error(message)
             line = _cli_error_line(message)
+            hint = _suggestion(message, self)
+            if hint:
+                line += f"; did you mean {hint}?"
             source = getattr(self, "_recsys_config_file", None)
             files = getattr(self, "_recsys_config_files", [])
-            if source is None and files and message.startswith("Option '"):
+            if source is None and files and message.startswith(("Option '", "Group '")):
                 # An unknown key is found only when the merged config is validated, after every file was read;
                 # on the command line the same mistake is an "unrecognized argument", so it came from a file.
                 source = " / ".join(files)
@@ -117,6 +122,13 @@ def _cli_classes():
             if isinstance(getattr(parser, "_recsys_config_files", None), list):
                 parser._recsys_config_files.append(str(values))
             try:
+                if isinstance(values, (str, os.PathLike)) and os.path.exists(values):
+                    # What jsonargparse would accept silently (duplicate keys, a tag) or report as a Python
+                    # error (a binary file), reported here in one line naming the file.
+                    try:
+                        read_config_file(values)
+                    except ConfigError as e:
+                        parser.error(str(e).removeprefix(f"{values}: "))
                 super().__call__(parser, cfg, values, option_string)
             finally:
                 parser._recsys_config_file = None
@@ -129,8 +141,10 @@ def _cli_error_line(message: str) -> str:
     if "Parser key" in message:
         line = _one_line(message)
         given = re.search(r"^\s*Given value: (.*)$", message, flags=re.MULTILINE)
-        # A nested option's value is reported as jsonargparse's NestedArg(...) repr: the key already names it.
-        if given and given.group(1).strip() not in line and not given.group(1).startswith("NestedArg("):
+        # A nested option's value is reported as jsonargparse's NestedArg(...) repr: the key already names it; an
+        # unknown key names itself, and the whole section it sits in would only hide it.
+        if (given and given.group(1).strip() not in line and not given.group(1).startswith("NestedArg(")
+                and "is not accepted" not in line):
             line += f" (given: {given.group(1).strip()[:100]})"
         prefix = message.split('Parser key "', 1)[0].strip()
         line = f"{prefix} {line}" if prefix and prefix not in line else line
@@ -139,7 +153,232 @@ def _cli_error_line(message: str) -> str:
         line = " ".join(message.split()).replace(' in "<unicode string>",', " at")
     # "Expected a <class 'int'>" becomes "Expected an int".
     line = re.sub(r"<class '([\w.]+)'>", r"\1", line)
-    return re.sub(r"\bExpected a (?=[aeiouAEIOU])", "Expected an ", line)[:500]
+    line = re.sub(r"\bExpected a (?=[aeiouAEIOU])", "Expected an ", line)
+    return _literal_line(line)[:500]
+
+
+def _literal_line(line: str) -> str:
+    """``Expected a typing.Literal['a', 'b']. Got value: x`` as ``expected one of a, b (given: x)``."""
+    m = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)$", line)
+    if m is None or line.count("typing.Literal[") != 1:  # several alternatives (a union) stay as they are
+        return line
+    import ast
+
+    try:
+        allowed = [str(v) for v in ast.literal_eval(f"[{m.group(1)}]")]
+    except (SyntaxError, ValueError):
+        return line
+    given = m.group(2).strip()
+    return f"{line[:m.start()]}expected one of {', '.join(allowed)} (given: {given})"
+
+
+def _suggestion(message: str, parser) -> str | None:
+    """The close names of a mistyped option or value in a jsonargparse error (``--trainer.max_epohcs``), or None.
+
+    Args:
+        message: jsonargparse's description of the failure.
+        parser: the parser that failed (its option strings are the candidates for an unknown option).
+    """
+    import difflib
+
+    def close(word: str, names) -> list[str]:
+        return difflib.get_close_matches(word, sorted(set(names)), n=3, cutoff=0.6)
+
+    options = [o for o in getattr(parser, "_option_string_actions", {}) if o.startswith("--")]
+    m = re.match(r"unrecognized arguments: (.*)", message.strip())
+    if m:
+        given = [a.split("=", 1)[0] for a in m.group(1).split() if a.startswith("--")]
+        hits = [h for a in given for h in close(a, options)]
+        return " / ".join(dict.fromkeys(hits)) or None
+    m = re.search(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message)
+    if m:
+        prefix = f"--{m.group(1)}."
+        names = [o.removeprefix(prefix) for o in options if o.startswith(prefix)]
+        hits = close(m.group(2), names)
+        return " / ".join(f"{m.group(1)}.{h}" for h in hits) or None
+    m = re.search(r"Option '([\w.]+)' is not accepted", message)
+    if m:
+        # The innermost class named before the unknown key is the one whose signature it missed.
+        owners = re.findall(r"Problem with given class_path '([\w.]+)'", message[:m.start()])
+        if owners:
+            return " / ".join(close(m.group(1).rsplit(".", 1)[-1], _init_parameters(owners[-1]))) or None
+        # A key of the file's top level (``traner.max_epochs``): its first part against the sections.
+        head, _, rest = m.group(1).partition(".")
+        sections = {o[2:].split(".", 1)[0] for o in options}
+        return " / ".join(f"{h}.{rest}" if rest else h for h in close(head, sections)) or None
+    m = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)$", message, flags=re.MULTILINE)
+    if m and message.count("typing.Literal[") == 1:
+        allowed = re.findall(r"'([^']*)'", m.group(1))
+        hits = close(m.group(2).strip(), allowed)
+        return " / ".join(repr(h) for h in hits) or None
+    return None
+
+
+def _init_parameters(class_path: str) -> list[str]:
+    """The constructor parameters of a class jsonargparse has already imported (nothing is imported here)."""
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)
+    if not isinstance(cls, type):
+        return []
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            break
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break  # only a constructor that forwards **kwargs takes its parent's parameters as well
+    return names
+
+
+class _StrictLoader:
+    """A PyYAML safe loader that refuses duplicate mapping keys (PyYAML keeps the last one silently)."""
+
+    _cls = None
+
+    @classmethod
+    def get(cls):
+        """The loader class, built on first use (so that importing this module does not import PyYAML)."""
+        if cls._cls is None:
+            import yaml
+
+            class Loader(yaml.SafeLoader):
+                pass
+
+            def mapping(loader, node, deep=False):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    key = loader.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    except TypeError:  # an unhashable key: the safe constructor reports it
+                        continue
+                    if first != key_node.start_mark.line + 1:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r} (first at line {first})", key_node.start_mark)
+                return loader.construct_mapping(node, deep=deep)
+
+            Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+            cls._cls = Loader
+        return cls._cls
+
+
+def _yaml_problem(e: Exception) -> str:
+    """One line for a PyYAML error: what is wrong and where (``line L, column C``)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    text = " ".join(f"{problem}{where}".split())
+    if mark is not None and mark.buffer and mark.pointer < len(mark.buffer) and mark.buffer[mark.pointer] == "\t":
+        text += " (a tab: YAML indents with spaces)"
+    return text
+
+
+def read_config_file(path: str | os.PathLike, text: str | None = None) -> dict:
+    """A YAML config file as a mapping, refusing what jsonargparse would misread or misreport.
+
+    Args:
+        path: the file (named in every message).
+        text: its content when already read.
+
+    Raises:
+        ConfigError: ``path`` is a directory or unreadable, not UTF-8 text, empty, not YAML, has a duplicate key
+            or a tag, or holds something other than a mapping of options; one line starting with ``path``.
+    """
+    import yaml
+
+    where = os.fspath(path)
+    if text is None:
+        if os.path.isdir(where):
+            raise ConfigError(f"{where}: is a directory, not a YAML file")
+        try:
+            raw = open(where, "rb").read()
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot be read ({e.strerror or e})") from None
+        if b"\0" in raw:
+            raise ConfigError(f"{where}: is a binary file (it holds NUL bytes), not a YAML config")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    try:
+        spec = yaml.load(text, Loader=_StrictLoader.get())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: is not valid YAML: {_yaml_problem(e)}") from None
+    if spec is None:
+        raise ConfigError(f"{where}: is empty; a config is a YAML mapping of options (model:, data:, trainer:, ...)")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: holds a {type(spec).__name__}, not a mapping of options (model:, data:, "
+                          "trainer:, ...)")
+    return spec
+
+
+def check_fit_options(cfg) -> None:
+    """Refuse fit options outside their range that the parser's types let through (one line, naming the option).
+
+    Called on the parsed configuration, before anything is built or any data is read.
+
+    Raises:
+        UsageError: ``trainer.max_epochs`` 0 or below -1, ``trainer.max_steps`` 0 or below -1,
+            ``trainer.check_val_every_n_epoch`` below 1, ``early_stopping.patience`` negative, an
+            ``early_stopping.monitor`` that validation never logs, or a seed outside numpy's range.
+    """
+    from recsys.metrics.ranking import METRIC_NAMES
+
+    trainer = cfg.trainer
+    epochs = trainer.get("max_epochs")
+    if epochs is not None and (epochs == 0 or epochs < -1):
+        raise UsageError(f"--trainer.max_epochs must be at least 1 (or -1: no limit, with --trainer.max_time, "
+                         f"--trainer.max_steps or early stopping to end the fit), got {epochs}")
+    steps = trainer.get("max_steps")
+    if steps is not None and (steps == 0 or steps < -1):
+        raise UsageError(f"--trainer.max_steps must be at least 1 (or -1: no limit), got {steps}")
+    every = trainer.get("check_val_every_n_epoch")
+    if every is not None and every < 1:
+        raise UsageError(f"--trainer.check_val_every_n_epoch must be at least 1, got {every}")
+    if cfg.early_stopping.patience < 0:
+        raise UsageError(f"--early_stopping.patience must be >= 0 (validation checks without improvement before "
+                         f"stopping), got {cfg.early_stopping.patience}")
+    if not 0 <= cfg.seed < 2**32:
+        raise UsageError(f"--seed must be in [0, 2**32), got {cfg.seed}")
+    monitor = cfg.early_stopping.monitor
+    ks = _eval_ks(cfg)
+    if ks is None:  # a baseline: no validation passes, nothing is monitored
+        return
+    m = re.fullmatch(r"valid/(\w+)@(\d+)", monitor or "")
+    if m is None or m.group(1) not in METRIC_NAMES or int(m.group(2)) not in ks:
+        at = f"@{'/'.join(map(str, ks))}"
+        raise UsageError(f"--early_stopping.monitor {monitor!r} is not logged by validation: expected valid/"
+                         f"<{'|'.join(METRIC_NAMES)}>{at} (the model's eval_ks)")
+
+
+def _eval_ks(cfg) -> tuple[int, ...] | None:
+    """The validation cut-offs of a ``RecModel`` configuration, or None for models without validation."""
+    from recsys.model import RecModel
+
+    model = cfg.model
+    # The class_path was validated (and imported) by the parser: looking it up imports nothing new.
+    module, _, name = str(model.get("class_path", "")).rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)
+    if not (isinstance(cls, type) and issubclass(cls, RecModel)):
+        return None
+    ks = (model.get("init_args") or {}).get("eval_ks")
+    if ks is None:
+        import inspect
+
+        ks = inspect.signature(RecModel).parameters["eval_ks"].default
+    try:
+        ks = tuple(int(k) for k in ks)
+    except (TypeError, ValueError):
+        return None
+    # Cut-offs below 1 are the model's own error (its constructor names them), not the monitor's.
+    return ks if ks and min(ks) >= 1 else None
 
 
 def parse_run_config(text: str, source: str):
@@ -154,9 +393,9 @@ def parse_run_config(text: str, source: str):
     from jsonargparse import ArgumentParser
 
     try:
-        spec = yaml.safe_load(text)
+        spec = yaml.load(text, Loader=_StrictLoader.get())  # duplicate keys refused, as in `recsys fit`
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source} is not YAML: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"{source} is not YAML: {_yaml_problem(e)}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
         raise ConfigError(f"{source} has no model section (a class_path and its init_args)")
     parser = ArgumentParser(default_env=False, exit_on_error=False)
@@ -172,9 +411,37 @@ def instantiate_model(text: str, source: str):
 
     Raises:
         ConfigError: see :func:`parse_run_config`.
+        UsageError: a constructor refused an option value.
     """
     parser, cfg = parse_run_config(text, source)
-    return parser.instantiate(cfg).model
+    return instantiate(parser, cfg).model
+
+
+def instantiate(parser, cfg):
+    """``parser.instantiate(cfg)``, with a constructor's own refusal (a :class:`~recsys.errors.RecsysError` such as
+    ``MatrixFactorization dim must be ...``) raised as it is.
+
+    jsonargparse tries each type of a union (``RecModel | Baseline``) and reports a failed constructor as a
+    multi-line ``ValueError`` about all of them; the constructor's error is the one a user can act on.
+
+    Raises:
+        RecsysError: the constructor's error.
+        UsageError: another refusal of the option values (its innermost line).
+    """
+    try:
+        return parser.instantiate(cfg)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, RecsysError):
+            raise
+        seen, cause = set(), e.__cause__ or e.__context__
+        while cause is not None and id(cause) not in seen:
+            if isinstance(cause, RecsysError):
+                raise cause from None
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        if "Does not validate against any of the Union subtypes" not in str(e):
+            raise
+        raise UsageError(f"the options are refused: {_one_line(str(e))}") from None
 
 
 def build_component(spec: dict, base: type, source: str = "spec"):

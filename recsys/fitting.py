@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recsys.errors import RecsysError, RunDirError
+from recsys.errors import CheckpointError, RecsysError, RunDirError, UsageError
 
 if TYPE_CHECKING:
     from recsys.data.prepared import PreparedData
@@ -39,9 +39,14 @@ def resume_argv(run_dir: str | Path, argv: Sequence[str] = ()) -> list[str]:
     """The fit options that continue an interrupted run: its own ``config.yaml``, its directory, then ``argv``.
 
     Raises:
-        RunDirError: the directory has no ``config.yaml`` or no full ``checkpoints/last.ckpt`` to resume from.
+        RunDirError: the directory has no ``config.yaml`` or no full ``checkpoints/last.ckpt`` to resume from, or
+            holds a finished run.
+        CheckpointError: ``checkpoints/last.ckpt`` cannot be read.
     """
     d = Path(run_dir)
+    if not d.is_dir():
+        what = "is not a directory" if d.exists() else "does not exist"
+        raise RunDirError(f"--resume {str(d)!r} {what} (pass the directory of an interrupted `recsys fit`)")
     if not (d / "config.yaml").is_file():
         raise RunDirError(f"--resume {str(d)!r}: no config.yaml there (not a run directory)")
     if not (d / "checkpoints" / LAST).is_file():
@@ -49,7 +54,30 @@ def resume_argv(run_dir: str | Path, argv: Sequence[str] = ()) -> list[str]:
                           "ended, or it was fitted without Lightning); fit it again")
     if not (d / "data" / "split.parquet").is_file():
         raise RunDirError(f"--resume {str(d)!r}: no data/split.parquet (the run stopped before its data were saved)")
+    if (d / "timing.json").is_file():
+        raise RunDirError(f"--resume {str(d)!r}: the run is finished (timing.json); --resume continues an "
+                          "interrupted fit (fit it again with --overwrite, or into another directory)")
+    _check_checkpoint(d / "checkpoints" / LAST)
     return ["--config", str(d / "config.yaml"), *argv, "--run-dir", str(d)]
+
+
+def _check_checkpoint(path: Path) -> None:
+    """Read a full Lightning checkpoint once (as Lightning will, ``weights_only``) before anything is rebuilt.
+
+    Raises:
+        CheckpointError: it is truncated, corrupted or not a Lightning checkpoint of a recsys fit.
+    """
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for damaged files
+        text = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"cannot resume from {str(path)!r}: it is truncated, corrupted or not a checkpoint "
+                              f"({type(e).__name__}: {text}); fit again with --overwrite") from None
+    if not isinstance(ckpt, dict) or not {"state_dict", "epoch", "loops"} <= set(ckpt):
+        raise CheckpointError(f"cannot resume from {str(path)!r}: not a full Lightning checkpoint (no state_dict, "
+                              "epoch and loop state); fit again with --overwrite")
 
 
 def flat_hparams(cfg: dict, prefix: str = "") -> dict[str, object]:
@@ -77,8 +105,11 @@ def all_train(data: PreparedData) -> PreparedData:
 
 
 def fit_run(argv: Sequence[str], *, dataset: RawDataset | None = None, callbacks: Sequence = (),
-            resume: bool = False, refit_all: bool = False, quiet: bool = False) -> Run:
+            resume: bool = False, refit_all: bool = False, quiet: bool = False, overwrite: bool = False) -> Run:
     """Fit one run from ``recsys fit`` options and return it (finished: model, metrics, logs, pictures).
+
+    Every option is checked, the model and the Trainer are built and the data are prepared before the run directory
+    is touched: a mistake leaves no directory behind and an existing run byte-identical.
 
     Args:
         argv: ``recsys fit`` options (``--config`` paths already resolved; see :mod:`recsys.packaged_configs`).
@@ -89,36 +120,74 @@ def fit_run(argv: Sequence[str], *, dataset: RawDataset | None = None, callbacks
         refit_all: after early stopping, train a fresh model on every interaction for the best epoch count and save
             that one (``refit.json`` says so; the metrics files keep the early-stopped model's held-out metrics).
         quiet: print nothing (the Python API's default is to print; the tuner's trials do not).
+        overwrite: replace a run already in ``--run-dir``. The old run is moved aside once the new data are
+            prepared, deleted when the new fit finishes, and put back when it fails.
 
     Raises:
-        RecsysError: a user mistake (bad option values are reported by the parser).
+        UsageError: an option out of range, or a ``--run-dir`` that is a file, a directory that is not a run, or a
+            run (without ``overwrite`` or ``resume``).
+        RecsysError: another user mistake (bad option values are reported by the parser).
     """
-    from recsys.config import build_fit_parser
+    from recsys.config import build_fit_parser, check_fit_options, instantiate
 
+    if resume and overwrite:
+        raise UsageError("--overwrite replaces a run and --resume continues one: pass one of them")
     parser = build_fit_parser()
     cfg = parser.parse_args(list(argv))
+    check_fit_options(cfg)
     if dataset is not None:
         cfg.data.dataset, cfg.data.path = dataset.name, None
+    if cfg.run_dir is not None and not str(cfg.run_dir).strip():
+        raise UsageError("--run-dir is empty: give a directory, or leave it out for runs/<time>-<config>")
+    explicit = cfg.run_dir is not None
     run_dir = Path(cfg.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{_config_name(cfg)}")
-    cfg.run_dir = str(run_dir)
+    # Under DDP Lightning re-runs this command once per extra rank; only rank 0 writes the run directory.
+    rank0 = _launch_rank() == 0
+    if rank0 and not resume and explicit:
+        _check_run_dir(run_dir, overwrite)  # a default name is made unique when it is claimed
 
     import lightning as L
 
     from recsys.runs import Run
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    # Under DDP Lightning re-runs this command once per extra rank; only rank 0 writes the run directory.
-    rank0 = _launch_rank() == 0
-    config_text = parser.dump(cfg, skip_none=False)
-    init = parser.instantiate(cfg)
+    init = instantiate(parser, cfg)
     dm, model = init.data, init.model
+    _check_model_setup(model, dm, init.trainer)
     if resume:
         dm.data = Run(run_dir).data()  # the interrupted run's own split, whatever its data source was
     elif dataset is not None:
         dm.use_dataset(dataset)
     # The data first: a dataset that fails to load or prepare leaves no half-made run directory behind.
     data = dm.prepare()
-    run = Run.create(run_dir, config_text) if rank0 else Run(run_dir)
+    _check_epochs(cfg, data)
+    claim = None
+    if rank0 and not resume:
+        run_dir, claim = _claim_run_dir(run_dir, explicit, overwrite)
+    cfg.run_dir = str(run_dir)
+    config_text = parser.dump(cfg, skip_none=False)
+    try:
+        run = _fit_into(run_dir, config_text, parser, cfg, init, data, callbacks, resume, refit_all, quiet, rank0)
+    except BaseException:
+        if claim is not None:
+            claim.abandon(run_dir)
+        raise
+    if claim is not None:
+        claim.finish()
+    return run
+
+
+def _fit_into(run_dir: Path, config_text: str, parser, cfg, init, data: PreparedData, callbacks: Sequence,
+              resume: bool, refit_all: bool, quiet: bool, rank0: bool) -> Run:
+    """Train, save, test and write the result files of a run whose directory is claimed (:func:`fit_run`)."""
+    from recsys.runs import Run
+
+    dm, model = init.data, init.model
+    if rank0 and (not resume or _config_changed(run_dir, config_text)):
+        run = Run.create(run_dir, config_text)
+    else:
+        # A resumed run keeps its own config.yaml, byte for byte (and so the hash model.pt will record).
+        run = Run(run_dir)
     if rank0 and not resume:
         run.save_data(data)
     _say(data.summary(), quiet)
@@ -164,6 +233,208 @@ def fit_run(argv: Sequence[str], *, dataset: RawDataset | None = None, callbacks
         else:
             print("[recsys] no test interactions: metrics.json is empty", flush=True)
     return run
+
+
+#: entries that only a run directory has: ``--overwrite`` deletes a directory only when it holds ``config.yaml`` and
+#: one of these (a user's own folder with a config.yaml of theirs is never taken for a run).
+_RUN_MARKERS = ("model.pt", "checkpoints", "data", "logs", "timing.json", "metrics.json")
+
+
+def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse a ``--run-dir`` that a fit must not write into, before anything is built.
+
+    A new path or an empty directory is used; a directory holding a run is replaced only with ``overwrite``; a
+    file, or a directory that holds other things, is never written into.
+
+    Raises:
+        UsageError: the path is a file (or another non-directory), a non-empty directory that is not a run, or a run
+            (without ``overwrite``), or it is the working directory or one above it.
+    """
+    import os
+
+    where = str(run_dir)
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise UsageError(f"--run-dir {where!r} is a dangling symbolic link: give a new directory")
+    if not run_dir.exists():
+        parent = next((p for p in run_dir.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise UsageError(f"--run-dir {where!r}: {str(parent)!r} is not a directory")
+        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"--run-dir {where!r}: cannot create it, {str(parent)!r} is not writable")
+        return
+    if not run_dir.is_dir():
+        raise UsageError(f"--run-dir {where!r} is not a directory (a file or a device): give a new or empty "
+                         "directory")
+    entries = sorted(p.name for p in run_dir.iterdir())
+    if not entries:
+        return
+    if not (run_dir / "config.yaml").is_file():
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise UsageError(f"--run-dir {where!r} exists and is not a run directory (it holds {shown} and no "
+                         "config.yaml): give a new or empty directory")
+    if not overwrite:
+        raise UsageError(f"--run-dir {where!r} already holds a run: pass --overwrite to replace it (once the new data "
+                         f"are prepared), --resume {where} to continue it, or give another directory")
+    if run_dir.is_symlink():
+        raise UsageError(f"--run-dir {where!r} is a symbolic link: --overwrite replaces a directory, so give the one "
+                         f"it points to ({str(run_dir.resolve())!r})")
+    cwd = Path.cwd().resolve()
+    if run_dir.resolve() in (cwd, *cwd.parents, Path.home().resolve()):
+        raise UsageError(f"--run-dir {where!r} is the working directory, one above it or the home directory: "
+                         "--overwrite would delete it; give the run's own directory")
+    if not any((run_dir / m).exists() for m in _RUN_MARKERS):
+        raise UsageError(f"--run-dir {where!r} has a config.yaml but nothing else a run holds "
+                         f"({', '.join(_RUN_MARKERS)}): --overwrite replaces runs only; give a new or empty directory")
+
+
+def _claim_run_dir(run_dir: Path, explicit: bool, overwrite: bool) -> tuple[Path, _Claim]:
+    """Make the run directory, once the data are prepared; returns it and what to undo should the fit fail.
+
+    A default name (no ``--run-dir``) gets a ``-2``, ``-3``, ... suffix when a fit started in the same second took
+    it: the directory is made with ``exist_ok=False``, so two fits never share one. A ``--run-dir`` is checked
+    again (another process may have made it while the data were prepared); a run in it (``overwrite``) is moved
+    aside to a hidden sibling, deleted when the new fit finishes.
+
+    Raises:
+        UsageError: see :func:`_check_run_dir`.
+    """
+    if not explicit:
+        for n in range(1, 10_000):
+            candidate = run_dir if n == 1 else run_dir.with_name(f"{run_dir.name}-{n}")
+            try:
+                candidate.mkdir(parents=True, exist_ok=False)
+            except FileExistsError:
+                if not candidate.exists():  # a parent such as runs/ is a file
+                    raise RunDirError(f"run directory {str(candidate)!r} cannot be made: a parent is not a "
+                                      "directory (pass --run-dir)") from None
+                continue
+            except OSError as e:
+                raise RunDirError(f"run directory {str(candidate)!r} cannot be made: {e.strerror or e}") from None
+            return candidate, _Claim(created=True)
+        raise RunDirError(f"no free run directory name next to {str(run_dir)!r}: pass --run-dir")
+    _check_run_dir(run_dir, overwrite)
+    if run_dir.is_dir() and not (run_dir / "config.yaml").is_file():
+        return run_dir, _Claim(created=False)  # an empty directory made by the user
+    claim = _Claim(created=True)
+    if run_dir.is_dir():
+        import os
+
+        claim.aside = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
+        run_dir.rename(claim.aside)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except BaseException as e:
+        if claim.aside is not None and not run_dir.exists():
+            claim.aside.rename(run_dir)
+        if isinstance(e, FileExistsError):
+            raise UsageError(f"--run-dir {str(run_dir)!r} was made by another process while the data were "
+                             "prepared: give another directory") from None
+        if isinstance(e, OSError):
+            raise RunDirError(f"--run-dir {str(run_dir)!r} cannot be made: {e.strerror or e}") from None
+        raise
+    return run_dir, claim
+
+
+@dataclasses.dataclass
+class _Claim:
+    """How :func:`fit_run` came by its run directory, to undo it after a failure (:meth:`abandon`).
+
+    Args:
+        created: the directory was made by this fit (else it was an empty directory already).
+        aside: where the run it replaces (``--overwrite``) was moved, or None.
+    """
+
+    created: bool
+    aside: Path | None = None
+
+    def abandon(self, run_dir: Path) -> None:
+        """After a failed fit: put an overwritten run back, or remove a new run that cannot be resumed.
+
+        A new run with a full ``checkpoints/last.ckpt`` is kept (``recsys fit --resume`` continues it); one without
+        holds only the configuration and the data of a fit that never finished an epoch.
+        """
+        import shutil
+
+        if self.aside is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if self.aside.exists() and not run_dir.exists():
+                self.aside.rename(run_dir)
+            return
+        if not run_dir.is_dir() or (run_dir / "checkpoints" / LAST).exists():
+            return
+        if self.created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            return
+        for entry in run_dir.iterdir():  # the user's own (empty) directory stays, empty again
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        """After a finished fit: delete the run it replaced."""
+        if self.aside is not None:
+            import shutil
+
+            shutil.rmtree(self.aside, ignore_errors=True)
+
+
+def _config_changed(run_dir: Path, config_text: str) -> bool:
+    """Whether a resumed run's options differ from its ``config.yaml`` (options given after ``--resume``)."""
+    path = run_dir / "config.yaml"
+    return not path.is_file() or path.read_text() != config_text
+
+
+def _check_model_setup(model, dm, trainer_options) -> None:
+    """Build-time checks that need the instantiated parts but no data: the model against the loader, the Trainer.
+
+    Raises:
+        UsageError: the model refuses the loader or its optimizer (:meth:`recsys.model.RecModel.check_setup`), or
+            Lightning refuses the Trainer options (an accelerator, device count, precision or strategy).
+    """
+    from recsys.model import RecModel
+
+    if isinstance(model, RecModel):
+        model.check_setup(dm.loader)
+        _check_trainer(trainer_options)
+
+
+def _check_trainer(trainer_options) -> None:
+    """Build a Trainer from the options once, without logger, callbacks or checkpoints, to see Lightning accept them.
+
+    Raises:
+        UsageError: Lightning's refusal, in one line.
+    """
+    import lightning.pytorch as pl
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    targs = dict(vars(trainer_options))
+    targs.update(logger=False, callbacks=None, enable_checkpointing=False, enable_progress_bar=False,
+                 enable_model_summary=False)
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its "GPU available" lines are printed once, by the real Trainer
+    try:
+        pl.Trainer(**targs)
+    except (ValueError, TypeError, MisconfigurationException) as e:
+        raise UsageError(f"--trainer options are refused by Lightning: {' '.join(str(e).split())[:300]}") from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _check_epochs(cfg, data: PreparedData) -> None:
+    """Refuse ``--trainer.max_epochs -1`` (no limit) when nothing would end the fit: no time or step limit, and no
+    validation part to stop early on.
+
+    Raises:
+        UsageError: the fit would never end.
+    """
+    trainer = cfg.trainer
+    if trainer.get("max_epochs") != -1 or trainer.get("max_time") or (trainer.get("max_steps") or -1) > 0:
+        return
+    if not data.has_split("valid"):
+        raise UsageError("--trainer.max_epochs -1 (no limit) needs --trainer.max_time, --trainer.max_steps or a "
+                         "validation part to stop early on, and this data has no validation part")
 
 
 def _refit_all(parser, cfg, data: PreparedData, stats: dict, run: Run, quiet: bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 
@@ -12,6 +13,7 @@ from torch import Tensor
 from recsys.capabilities import EpochAware, NestedLoss
 from recsys.data.batch import Batch
 from recsys.encoders.base import TwoSidedEncoder
+from recsys.errors import UsageError
 from recsys.losses import BPRLoss, Loss
 from recsys.recommender import EmbeddingModel, LightningFit
 from recsys.scorers import DotScorer, Scorer
@@ -54,6 +56,11 @@ class RecModel(L.LightningModule, EmbeddingModel):
                  optimizer: OptimizerFactory | None = None, reg_weight: float = 0.0,
                  eval_ks: tuple[int, ...] = (10, 20), negatives: NegativeStrategy | None = None) -> None:
         super().__init__()
+        ks = list(eval_ks) if isinstance(eval_ks, (list, tuple)) else [eval_ks]
+        if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+            raise UsageError(f"RecModel eval_ks must be cut-offs >= 1, got {list(ks)}")
+        if not (isinstance(reg_weight, (int, float)) and math.isfinite(reg_weight) and reg_weight >= 0):
+            raise UsageError(f"RecModel reg_weight must be a finite number >= 0, got {reg_weight!r}")
         self.encoder = encoder
         self.scorer = scorer if scorer is not None else DotScorer()
         self.loss = loss if loss is not None else BPRLoss()
@@ -68,6 +75,33 @@ class RecModel(L.LightningModule, EmbeddingModel):
         self._bound = False
         self.epoch_times: list[float] = []
         self._fit_t0 = time.perf_counter()
+
+    def check_setup(self, loader) -> None:
+        """Refuse a data loader or an optimizer this model cannot train with, before any data is read.
+
+        The same checks as at the start of training (the negatives strategy against the loader), plus a sampled
+        strategy with no negatives and an optimizer whose options torch refuses, so that they fail before a run
+        directory exists rather than after its data were prepared.
+
+        Args:
+            loader: ``data.loader`` (:class:`recsys.data.datamodule.Loader`).
+
+        Raises:
+            UsageError: the combination is refused (one line, naming the option).
+        """
+        try:
+            self.negatives.check(self.encoder, loader.example_builder(), loader.num_negatives)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if isinstance(self.negatives, SampledNegatives) and loader.num_negatives < 1:
+            raise UsageError(f"--data.loader.num_negatives must be >= 1 for model.init_args.negatives "
+                             f"{type(self.negatives).__name__} (the positive needs negatives to compete with), got "
+                             f"{loader.num_negatives}")
+        if self.optimizer_factory is not None:
+            try:
+                self.optimizer_factory([torch.nn.Parameter(torch.zeros(1))])
+            except (ValueError, TypeError, RuntimeError) as e:
+                raise UsageError(f"--model.init_args.optimizer is refused by torch: {e}") from None
 
     def fit(self, data, trainer: LightningFit | None = None) -> None:
         """Fit by Lightning: ``trainer(self)`` runs ``Trainer.fit`` on this module (``configure_model`` binds data)."""

@@ -32,7 +32,7 @@ def run_config(config: Path, out: Path, args, extra: list[str]) -> dict:
 
     if args.reuse and Run(run_dir).status == "finished":
         return _collect(config, run_dir, None)
-    cmd = [sys.executable, "-m", "recsys.cli", "fit", "--config", str(config), "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "recsys.cli", "fit", "--config", str(config), "--run-dir", str(run_dir), "--overwrite",
            "--data.dataset", args.dataset, "--trainer.enable_progress_bar", "false",
            "--trainer.enable_model_summary", "false", *extra]
     if args.path:

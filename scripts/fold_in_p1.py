@@ -106,7 +106,7 @@ def main() -> None:
     for config, extra in MODELS:
         run = out / "runs" / config
         if Run(run).status != "finished":
-            cli("fit", "--config", config, "--run-dir", str(run), "--data.dataset", "ml-latest-small",
+            cli("fit", "--config", config, "--run-dir", str(run), "--overwrite", "--data.dataset", "ml-latest-small",
                 "--data.path", str(out / "data"), "--data.options", "{verify: false, download: false}",
                 "--trainer.enable_progress_bar", "false", *extra)
         fit_s = Run.open(run).read_json("timing.json")["fit_s"]

@@ -75,7 +75,7 @@ def run_one(run_dir: Path, dataset: str, layout: str, compression: float, a) -> 
         return
 
     enc = "--model.init_args.encoder.init_args."
-    argv = ["fit", "--config", str(CONFIG), "--run-dir", str(run_dir), "--seed", str(a.seed),
+    argv = ["fit", "--config", str(CONFIG), "--run-dir", str(run_dir), "--overwrite", "--seed", str(a.seed),
             *dataset_args(dataset), enc + "compression", str(compression),
             enc + "dim_per_table", str(a.dim_per_table), enc + "num_chunks", str(a.num_chunks),
             enc + "out_dim", str(a.out_dim),

@@ -43,7 +43,7 @@ def fit(name: str, config: str, out: Path, data_args: list[str], extra: list[str
     """One timed ``recsys fit`` in a subprocess; returns wall and CPU seconds."""
     run = out / name
     cmd = [sys.executable, "-m", "recsys.cli", "fit", "--config", str(REPO / "configs" / config), "--run-dir",
-           str(run), *data_args, "--trainer.enable_progress_bar", "false", *extra]
+           str(run), "--overwrite", *data_args, "--trainer.enable_progress_bar", "false", *extra]
     print("[p2] " + " ".join(cmd), flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()

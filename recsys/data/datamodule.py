@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,6 +17,10 @@ from recsys.data.examples import ExampleBuilder, Pairs
 from recsys.data.prepared import PreparedData, Preprocess, SplitSpec, prepare
 from recsys.data.sampling import NegativeSampler
 from recsys.data.splits import TRAIN
+from recsys.errors import UsageError
+
+#: ``--data.loader.negatives``: how sampled negatives are drawn.
+NegativeSampling = Literal["uniform", "popularity"]
 
 
 @dataclass
@@ -37,11 +42,21 @@ class Loader:
 
     batch_size: int = 2048
     num_negatives: int = 1
-    negatives: Literal["uniform", "popularity"] = "uniform"
+    negatives: NegativeSampling = "uniform"
     eval_batch_size: int = 2048
     history_len: int = 0
     # None, not a Pairs() default: a default instance would not serialise into the run's config.yaml.
     examples: ExampleBuilder | None = None
+
+    def __post_init__(self) -> None:
+        # Refused when the options are read (exit status 2), before any data is loaded or a run directory made.
+        for name, low in (("batch_size", 1), ("eval_batch_size", 1), ("num_negatives", 0), ("history_len", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"--data.loader.{name} must be an integer >= {low}, got {value!r}")
+        if self.negatives not in typing.get_args(NegativeSampling):
+            raise UsageError(f"--data.loader.negatives must be one of {', '.join(typing.get_args(NegativeSampling))}"
+                             f", got {self.negatives!r}")
 
     def example_builder(self) -> ExampleBuilder:
         """``examples``, with None meaning ``Pairs``."""

@@ -1,4 +1,4 @@
-"""Constructor-time checks of typed options, for Python callers that bypass the config parser.
+"""Constructor-time checks of typed options and sizes, for Python callers and for what the parser's types allow.
 
 A config value outside a ``Literal`` annotation, or a ``class_path`` outside a strategy's base class, is refused by
 jsonargparse at parse time; an encoder built in Python gets the same refusal from :func:`check_choice` (values read
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import typing
 
-__all__ = ["check_choice", "check_strategy"]
+from recsys.errors import UsageError
+
+__all__ = ["check_choice", "check_size", "check_strategy"]
 
 
 def check_choice(name: str, value: object, choices: object) -> None:
@@ -23,7 +25,25 @@ def check_choice(name: str, value: object, choices: object) -> None:
     """
     allowed = typing.get_args(choices)
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+        raise UsageError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+
+
+def check_size(owner: str, name: str, value: object, minimum: int = 1, optional: bool = False) -> None:
+    """Raise a one-line :class:`~recsys.errors.UsageError` when a size option is not an integer >= ``minimum``.
+
+    A dimension of 0 would train an empty table to a "finished" run; a negative one fails deep inside torch.
+
+    Args:
+        owner: the class whose constructor takes the option (named in the message).
+        name: the option's name, as the constructor spells it.
+        value: the value given.
+        minimum: the smallest accepted value.
+        optional: whether None (the option's "off" or "automatic" value) is accepted.
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{owner} {name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_strategy(name: str, value: object, base: type) -> None:

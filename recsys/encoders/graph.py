@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from recsys.capabilities import ScoresAgainstTable, StepOutput
 from recsys.encoders import graph_kernels
 from recsys.encoders.base import TwoSidedEncoder
-from recsys.encoders.choices import check_choice
+from recsys.encoders.choices import check_choice, check_size
 
 __all__ = ["Adjacency", "SpMM", "spmm", "spmm_rows", "sparse_mm", "SparsePolynomial", "sparse_polynomial",
            "sparse_polynomial_rows", "row_restriction", "rows_restricted", "bipartite_adjacency",
@@ -697,6 +697,7 @@ class GraphEncoder(ScoresAgainstTable, TwoSidedEncoder):
     def __init__(self, dim: int = 64, init: EmbeddingInit = "normal", init_std: float = 0.1) -> None:
         super().__init__()
         check_choice("init", init, EmbeddingInit)
+        check_size(type(self).__name__, "dim", dim)
         self.dim, self.init, self.init_std = dim, init, init_std
         self.out_dim = dim
         self.n_users = self._n_items = 0

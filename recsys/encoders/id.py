@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from recsys.capabilities import FoldsIn, Histories
 from recsys.encoders.base import SideEncoder, TwoTower
-from recsys.encoders.choices import check_choice
+from recsys.encoders.choices import check_choice, check_size
 
 if TYPE_CHECKING:
     import scipy.sparse as sp
@@ -37,6 +37,7 @@ class IDEmbedding(SideEncoder):
     def __init__(self, dim: int = 64, init: IDInit = "normal", init_std: float = 0.1) -> None:
         super().__init__()
         check_choice("init", init, IDInit)
+        check_size(type(self).__name__, "dim", dim)
         self.out_dim, self.init, self.init_std = dim, init, init_std
         self.table: nn.Embedding | None = None
 
@@ -140,6 +141,7 @@ class MatrixFactorization(FoldsIn, TwoTower):
 
     def __init__(self, dim: int = 64, init: IDInit = "normal", init_std: float = 0.1, fold_in_alpha: float = 3.0,
                  fold_in_l2: float = 4.0) -> None:
+        check_size(type(self).__name__, "dim", dim)
         super().__init__(IDEmbedding(dim, init, init_std), IDEmbedding(dim, init, init_std))
         self.fold_in_alpha, self.fold_in_l2 = fold_in_alpha, fold_in_l2
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from recsys.capabilities import EmbedsNewItems, FoldsIn, Histories, ScoresAgainstTable, StepOutput
 from recsys.encoders.base import TwoSidedEncoder
-from recsys.encoders.choices import check_choice
+from recsys.encoders.choices import check_choice, check_size
 from recsys.encoders.graph import Adjacency, LightGCNPropagation, bipartite_adjacency
 from recsys.text.lm import Pooling, Reduction
 
@@ -65,6 +65,7 @@ class TextFeatures:
                  lm_batch_size: int = 64, lm_dim: int | None = None, reduce: Reduction = "pca") -> None:
         check_choice("pooling", pooling, Pooling)
         check_choice("reduce", reduce, Reduction)
+        check_size(type(self).__name__, "lm_dim", lm_dim, optional=True)
         self.lm_path, self.pooling, self.normalize, self.max_length = lm_path, pooling, normalize, max_length
         self.attributes = list(attributes) if attributes is not None else None
         self.max_words_per_attribute, self.max_words = max_words_per_attribute, max_words
@@ -187,6 +188,9 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, TwoSidedEncoder):
                  cold_neighbors: int = 0, normalize_output: bool = False) -> None:
         super().__init__()
         check_choice("mapping", mapping, MappingKind)
+        check_size(type(self).__name__, "dim", dim)
+        check_size(type(self).__name__, "hidden_dim", hidden_dim, optional=True)
+        check_size(type(self).__name__, "n_layers", n_layers, minimum=0)
         self.out_dim, self.mapping_kind, self.hidden_dim = dim, mapping, hidden_dim
         self.cold_neighbors, self.normalize_output = cold_neighbors, normalize_output
         self.text = TextFeatures(lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute,
@@ -357,6 +361,7 @@ class LinearProbe(EmbedsNewItems, FoldsIn, TwoSidedEncoder):
                  lm_dim: int | None = None, reduce: Reduction = "pca", normalize_output: bool = False) -> None:
         super().__init__()
         check_choice("user", user, ProbeUser)
+        check_size(type(self).__name__, "dim", dim)
         self.out_dim, self.user, self.init_std, self.normalize_output = dim, user, init_std, normalize_output
         self.text = TextFeatures(lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute,
                                  max_words, cache_dir, lm_batch_size, lm_dim, reduce)

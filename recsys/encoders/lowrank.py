@@ -21,7 +21,9 @@ from torch import Tensor, nn
 
 from recsys.capabilities import ExplicitConcepts
 from recsys.encoders.base import TwoSidedEncoder
+from recsys.encoders.choices import check_size
 from recsys.encoders.wrapper import EncoderWrapper
+from recsys.errors import UsageError
 
 
 class LowRank(EncoderWrapper):
@@ -44,9 +46,10 @@ class LowRank(EncoderWrapper):
     def __init__(self, encoder: TwoSidedEncoder, dim: int = 64, min_rank: int = 1, p_full: float = 0.25,
                  rank: int | None = None) -> None:
         super().__init__(encoder)
+        check_size(type(self).__name__, "dim", dim)
         self.max_rank = encoder.out_dim
         if not 1 <= min_rank <= self.max_rank:
-            raise ValueError(f"min_rank must be in [1, {self.max_rank}], got {min_rank}")
+            raise UsageError(f"min_rank must be in [1, {self.max_rank}], got {min_rank}")
         self.out_dim, self.min_rank, self.p_full = dim, min_rank, p_full
         self.basis = nn.Parameter(torch.randn(self.max_rank, dim) / math.sqrt(self.max_rank))
         self.set_rank(rank)

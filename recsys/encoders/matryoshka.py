@@ -14,6 +14,7 @@ from torch import Tensor
 
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.wrapper import EncoderWrapper
+from recsys.errors import UsageError
 
 
 class Matryoshka(EncoderWrapper):
@@ -38,7 +39,7 @@ class Matryoshka(EncoderWrapper):
         inner = self.encoder.out_dim
         # An inner width of 0 is not known before binding (it comes from the data): checked again at bind.
         if dim is not None and not (0 < dim <= inner or (inner == 0 and dim > 0)):
-            raise ValueError(f"prefix dim must be in [1, {inner}], got {dim}")
+            raise UsageError(f"prefix dim must be in [1, {inner}], got {dim}")
         self.dim = dim
         self.out_dim = dim or inner
 

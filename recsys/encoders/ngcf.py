@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.encoders import graph_kernels
-from recsys.encoders.choices import check_choice, check_strategy
+from recsys.encoders.choices import check_choice, check_size, check_strategy
 from recsys.encoders.graph import (
     EmbeddingInit,
     GraphDropout,
@@ -160,6 +160,7 @@ class NGCF(GraphEncoder):
                  feed_normalized: bool = False, dropout_kind: GraphDropout = "edge") -> None:
         check_strategy("variant", variant, NGCFVariant)
         check_choice("dropout_kind", dropout_kind, GraphDropout)
+        check_size(type(self).__name__, "n_layers", n_layers, minimum=0)
         super().__init__(dim, init=init)
         self.variant, self.node_dropout, self.message_dropout = variant, node_dropout, message_dropout
         self.dropout_kind = dropout_kind

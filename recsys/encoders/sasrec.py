@@ -20,6 +20,8 @@ from torch import Tensor, nn
 from recsys.capabilities import EncodesPositions, FoldsIn, Histories
 from recsys.data.batch import Batch
 from recsys.encoders.base import TwoSidedEncoder
+from recsys.encoders.choices import check_size
+from recsys.errors import UsageError
 
 __all__ = ["SASRec", "SASRecBlock"]
 
@@ -82,6 +84,13 @@ class SASRec(EncodesPositions, FoldsIn, TwoSidedEncoder):
                  dropout: float = 0.5, attn_dropout: float | None = None, inner_dim: int | None = None,
                  init_std: float = 0.02) -> None:
         super().__init__()
+        owner = type(self).__name__
+        for name, value, low in (("dim", dim, 1), ("num_layers", num_layers, 0), ("num_heads", num_heads, 1),
+                                 ("max_len", max_len, 1)):
+            check_size(owner, name, value, minimum=low)
+        check_size(owner, "inner_dim", inner_dim, optional=True)
+        if dim % num_heads:
+            raise UsageError(f"{owner} dim {dim} is not a multiple of num_heads {num_heads}")
         self.out_dim, self.history_len, self.init_std = dim, max_len, init_std
         self.positions = nn.Embedding(max_len, dim)
         self.ln = nn.LayerNorm(dim, eps=1e-12)

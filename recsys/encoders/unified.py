@@ -34,8 +34,9 @@ from torch import Tensor, nn
 
 from recsys.data.features import FeatureSpec, JaggedFeature, as_specs, default_features, encode_features
 from recsys.encoders.base import SideEncoder, TwoTower
-from recsys.encoders.choices import check_choice, check_strategy
+from recsys.encoders.choices import check_choice, check_size, check_strategy
 from recsys.encoders.hashing import UniversalHash
+from recsys.errors import UsageError
 
 __all__ = ["FeatureEmbedding", "FeatureTwoTower", "PerFeatureTables", "SingleHashTable", "TableLayout", "TablePlan",
            "UnifiedTables", "full_size"]
@@ -240,8 +241,10 @@ class FeatureEmbedding(SideEncoder):
         check_strategy("layout", layout, TableLayout)
         check_choice("pooling", pooling, Pooling)
         check_choice("combine", combine, Combine)
+        for name, value in (("out_dim", out_dim), ("dim_per_table", dim_per_table), ("num_chunks", num_chunks)):
+            check_size(type(self).__name__, name, value)
         if (budget is not None and budget < 1) or (compression is not None and compression <= 0):
-            raise ValueError("budget and compression must be positive")
+            raise UsageError("budget and compression must be positive")
         self.layout = layout
         self.specs = as_specs(features) if features is not None else None
         self.dim_per_table, self.num_chunks = dim_per_table, num_chunks
@@ -426,6 +429,8 @@ class FeatureTwoTower(TwoTower):
                  out_dim: int = 64, dim_per_table: int = 16, num_chunks: int = 2, budget: int | None = None,
                  compression: float | None = None, pooling: Pooling = "mean", combine: Combine = "concat",
                  hidden: Sequence[int] = (), seed: int = 0, init_std: float = 0.05) -> None:
+        for name, value in (("out_dim", out_dim), ("dim_per_table", dim_per_table), ("num_chunks", num_chunks)):
+            check_size(type(self).__name__, name, value)
         common = dict(dim_per_table=dim_per_table, num_chunks=num_chunks, compression=compression, pooling=pooling,
                       combine=combine, out_dim=out_dim, hidden=hidden, seed=seed, init_std=init_std)
         super().__init__(*(FeatureEmbedding(layout, features=f, **common) for f in (user_features, item_features)))

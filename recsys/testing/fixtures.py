@@ -73,3 +73,44 @@ def tiny_synthetic(n_users: int = 120, n_items: int = 80, n_interactions: int = 
 
     raw = generate_synthetic(n_users=n_users, n_items=n_items, n_interactions=n_interactions, seed=seed)
     return prepare(raw, split=SplitSpec(method=split))
+
+
+_CHAIN_WORDS = ("apple", "river", "stone", "cloud", "tiger", "piano", "garden", "silver", "candle", "forest",
+                "engine", "castle", "ocean", "pepper", "violin", "desert", "rocket", "mirror", "falcon", "island",
+                "copper", "meadow", "thunder", "lemon", "harbor", "winter", "shadow", "orange", "bridge", "velvet",
+                "planet", "marble", "saddle", "hammer", "jungle", "ribbon", "tunnel", "canyon", "lantern", "feather")
+
+
+def text_chains(n_items: int = 40, n_users: int = 160, per_user: int = 6, seed: int = 0) -> PreparedData:
+    """Items on one ring, users walk it: the next item is the one whose text names the current item's successor.
+
+    The items form a ring in a random order; item ``i``'s side table has ``title`` = its own word and ``next`` = its
+    successor's word, so the successor's title repeats a word of the current item (a token shared with the next item
+    and with nothing else outside the history). Each user walks ``per_user`` consecutive ring steps from a random
+    start; the last step is test, the one before valid. Starts are uniform, so item popularity carries almost no
+    signal and a model that reads the text should rank the test item near the top; ID-only and popularity models
+    cannot. Needs ``n_items <= 40`` (one distinct English word per item).
+    """
+    import pandas as pd
+
+    if not 2 <= n_items <= len(_CHAIN_WORDS):
+        raise ValueError(f"n_items must be in [2, {len(_CHAIN_WORDS)}], got {n_items}")
+    rng = np.random.default_rng(seed)
+    ring = rng.permutation(n_items)
+    succ = np.empty(n_items, dtype=np.int64)
+    succ[ring] = np.roll(ring, -1)
+    users, items = [], []
+    for u in range(n_users):
+        cur = int(rng.integers(n_items))
+        for _ in range(per_user):
+            users.append(u)
+            items.append(cur)
+            cur = int(succ[cur])
+    users, items = np.array(users), np.array(items)
+    ts = np.arange(len(users), dtype=np.int64)
+    step = np.tile(np.arange(per_user), n_users)
+    labels = np.where(step == per_user - 1, TEST, np.where(step == per_user - 2, VALID, TRAIN)).astype(np.int8)
+    words = np.array(_CHAIN_WORDS[:n_items])
+    item_table = pd.DataFrame({"item": np.arange(n_items), "title": words, "next": words[succ]})
+    return PreparedData(Vocabulary(np.arange(n_users), "user"), Vocabulary(np.arange(n_items), "item"),
+                        users, items, labels, ts, item_table=item_table, name="text_chains")

@@ -102,6 +102,28 @@ class RecformerTokenizer:
         # Special ids are never MLM targets.
         self.special_ids = sorted({i for i in tokenizer.all_special_ids if i is not None})
 
+    def continues_word(self) -> Tensor:
+        """Per vocabulary id: does the token continue the word before it (whole-word masking's word pieces)?
+
+        WordPiece vocabularies (BERT, MiniLM) mark continuations with ``##``; byte-level BPE and SentencePiece ones
+        (RoBERTa, Longformer) mark word starts with ``Ġ``/``▁``, and a token starting with punctuation starts a word
+        (the official collator's ``_is_subword`` rule). Key and value strings are tokenised apart, so their first
+        tokens start words whatever this says (see ``Recformer``'s MLM).
+
+        Shapes:
+            -> [vocab_size] bool
+        """
+        import unicodedata
+
+        tokens = [str(t) for t in self.tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))]
+        if any(t.startswith("##") for t in tokens):
+            return torch.tensor([t.startswith("##") for t in tokens])
+
+        def punct(c: str) -> bool:
+            return unicodedata.category(c).startswith("P") or (c.isascii() and not c.isalnum() and c.isprintable())
+
+        return torch.tensor([bool(t) and not t.startswith(("Ġ", "▁")) and not punct(t[0]) for t in tokens])
+
     def _ids(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []

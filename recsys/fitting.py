@@ -218,8 +218,7 @@ def _fit_into(run_dir: Path, config_text: str, parser, cfg, init, data: Prepared
         model, data, refit = _refit_all(parser, cfg, data, stats, run, quiet)
         fit_s = time.perf_counter() - t0
         run.write_json("refit.json", refit)
-    if rank0:
-        run.save_data(data)
+        run.save_data(data)  # the refit model is bound to the all-train data (saved before training otherwise)
     run.save_model(model, data)
     run.write_json("timing.json", {"fit_s": fit_s, "test_eval_s": eval_s, **stats, "peak_rss_mib": _peak_rss_mib()})
     _plot_curves(run)
@@ -546,8 +545,7 @@ def _fit_lightning(init, cfg, model, dm, run, extra_callbacks=(), ckpt_path=None
     if best is not None and best.best_model_path:
         stats["best_epochs"] = _epochs_of(best.best_model_path)
         model.load_state_dict(run.lightning_state(best.best_model_path))
-    elif last.last_model_path or (run.checkpoints_dir / LAST).exists():
-        pass  # the model already holds the last epoch's weights
+    # Without validation the model already holds the last epoch's weights.
     model.eval()
     return stats
 

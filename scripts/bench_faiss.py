@@ -30,19 +30,10 @@ import time
 
 import numpy as np
 import torch
+from bench_binary import timed  # scripts/ is on sys.path when a script runs
 
 from recsys.scoring.index import ServingTables, parse_index_spec
 from recsys.scoring.topk import RowSets, topk
-
-
-def timed(fn, repeats: int):
-    """(best wall time, last result) of ``repeats`` calls."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def specs(n_items: int, shortlists: list[int], nprobes: list[int], m: int, ef_search: int) -> list[str]:

@@ -214,6 +214,12 @@ def _fit_into(run_dir: Path, config_text: str, parser, cfg, init, data: Prepared
     valid = evaluate(model, data, "valid")
     run.write_json("metrics.json", test)
     run.write_json("valid_metrics.json", valid)
+    cold = {}
+    if data.cold_items is not None:
+        from recsys.metrics.cold import cold_item_metrics
+
+        cold = cold_item_metrics(model, data)
+        run.write_json("cold_metrics.json", cold)
     if refit_all:
         model, data, refit = _refit_all(parser, cfg, data, stats, run, quiet)
         fit_s = time.perf_counter() - t0
@@ -231,7 +237,16 @@ def _fit_into(run_dir: Path, config_text: str, parser, cfg, init, data: Prepared
                    else "test metrics:\n") + format_metrics(test), flush=True)
         else:
             print("[recsys] no test interactions: metrics.json is empty", flush=True)
+        if cold:
+            print(_cold_line(cold), flush=True)
     return run
+
+
+def _cold_line(cold: dict) -> str:
+    """One line of the cold-item protocol's headline metrics against the random ranking."""
+    return (f"cold items ({cold['cold_items']} held out, {cold['users']} users): recall@20 {cold['recall@20']:.4f}, "
+            f"ndcg@20 {cold['ndcg@20']:.4f} (random {cold['random_ndcg@20']:.4f}, "
+            f"{cold['ndcg@20_vs_random']:.1f}x); cold_metrics.json")
 
 
 #: entries that only a run directory has: ``--overwrite`` deletes a directory only when it holds ``config.yaml`` and

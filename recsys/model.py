@@ -114,6 +114,7 @@ class RecModel(L.LightningModule, EmbeddingModel):
     def bind(self, data) -> None:
         """Bind the encoder to prepared data (allocates tables, builds graphs); done once."""
         self.data = data
+        self.negatives.bind(data)
         if not self._bound:
             self.encoder.bind(data)
             self._bound = True

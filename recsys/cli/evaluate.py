@@ -51,6 +51,14 @@ def cmd_evaluate(argv: list[str]) -> int:
     print(f"{a.split} metrics ({time.perf_counter() - t:.2f} s):\n" + format_metrics(m))
     extra = beyond_accuracy(model, data, a.split, tuple(a.ks))
     print("beyond accuracy: " + ", ".join(f"{k} {v:.4g}" for k, v in extra.items()))
+    if a.split == "test" and data.cold_items is not None:
+        from recsys.metrics.cold import cold_item_metrics
+
+        cold = cold_item_metrics(model, data, tuple(a.ks))
+        if cold:
+            print(f"cold items ({cold['cold_items']} held out, {cold['users']} users): " + ", ".join(
+                f"{k} {cold[k]:.4f}" for k in cold if k.startswith(("recall@", "ndcg@", "random_"))))
+            extra.update({f"cold/{k}": v for k, v in cold.items()})
     _write_result(run, a.out, f"eval_{a.split}.json", {**m, **extra})
     return 0
 

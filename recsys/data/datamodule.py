@@ -78,7 +78,7 @@ class TrainBatches(Dataset):
         mask = data.labels == TRAIN
         self.users, self.items = data.users[mask], data.items[mask]
         self.data, self.loader, self.seed, self.history_len = data, loader, seed, history_len
-        self.sampler = NegativeSampler(data.train, loader.negatives)
+        self.sampler = NegativeSampler.for_data(data, loader.negatives)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -122,7 +122,7 @@ class UserUniformBatches(Dataset):
             raise ValueError("user-uniform sampling needs at least one user with training interactions")
         self.n_train = int(train.nnz)
         self.data, self.loader, self.seed, self.history_len = data, loader, seed, history_len
-        self.sampler = NegativeSampler(train, loader.negatives)
+        self.sampler = NegativeSampler.for_data(data, loader.negatives)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -37,6 +37,9 @@ class PreparedData:
         user_table: user side table aligned with user rows, or None.
         name: the dataset's name.
         split_note: how the split was made (shown in the summary).
+        cold_items: the item rows held out entirely by a cold-item protocol (``--data.split.cold_items``): every
+            interaction with them is in test, none in train or valid, and training never samples them as
+            negatives; None without the protocol.
     """
 
     user_vocab: Vocabulary
@@ -49,6 +52,7 @@ class PreparedData:
     user_table: object = None
     name: str = "data"
     split_note: str = ""
+    cold_items: np.ndarray | None = None
     _csr: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -148,6 +152,9 @@ class PreparedData:
             if table is not None:
                 with atomic_path(d / f"{name}.parquet") as tmp:
                     table.to_parquet(tmp, index=False)
+        if self.cold_items is not None:
+            with atomic_path(d / "cold_items.parquet") as tmp:
+                pq.write_table(pa.table({"item": np.asarray(self.cold_items, dtype=np.int64)}), tmp)
         (d / "name.txt").write_text(self.name)
 
     @classmethod
@@ -175,7 +182,21 @@ class PreparedData:
             timestamps=arrow_to_numpy(t.column("timestamp")) if "timestamp" in t.column_names else None,
             item_table=item_table, user_table=user_table,
             name=(d / "name.txt").read_text() if (d / "name.txt").exists() else "data",
+            cold_items=(arrow_to_numpy(pq.read_table(d / "cold_items.parquet").column("item"))
+                        if (d / "cold_items.parquet").exists() else None),
         )
+
+    def cold_mask(self) -> np.ndarray | None:
+        """Per item row, whether it is held out by the cold-item protocol (None without it).
+
+        Shapes:
+            -> [n_items] bool
+        """
+        if self.cold_items is None:
+            return None
+        mask = np.zeros(self.n_items, dtype=bool)
+        mask[self.cold_items] = True
+        return mask
 
 
 @dataclass
@@ -225,12 +246,18 @@ class SplitSpec:
         seed: seed of the random split and of ``valid_from_train``.
         valid_from_train: a share of each user's training interactions (e.g. 0.1) moved into a validation part,
             for a split without one; 0 keeps the split as it is.
+        cold_items: the cold-item protocol: hold a set of items out entirely (every interaction with them goes to
+            test, none to train or valid; the rest is split by ``method`` as usual) and rank the full catalogue,
+            them included. A share of the catalogue drawn with ``seed`` (``0.1``), or a condition on a numeric item
+            column (``year>=2000``). None (default) is off. ``recsys fit`` then also writes ``cold_metrics.json``
+            (:func:`recsys.metrics.cold.cold_item_metrics`).
     """
 
     method: SplitMethod = "auto"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 2026
     valid_from_train: float = 0.0
+    cold_items: float | str | None = None
 
     def __post_init__(self) -> None:
         # Refused when the options are read (exit status 2), before any data is loaded or a run directory made.
@@ -253,6 +280,10 @@ class SplitSpec:
         if not 0.0 <= self.valid_from_train < 1.0:
             raise UsageError(f"--data.split.valid_from_train must be in [0, 1) (0 = off), got "
                              f"{self.valid_from_train}")
+        if isinstance(self.cold_items, (int, float)) and not isinstance(self.cold_items, bool) \
+                and not 0.0 < self.cold_items < 1.0:
+            raise UsageError(f"--data.split.cold_items must be a share in (0, 1), a condition such as "
+                             f"'year>=2000', or null, got {self.cold_items!r}")
 
 
 def _align(table, key: str, vocab: Vocabulary):
@@ -351,8 +382,26 @@ def prepare(raw, preprocessing: Preprocess = Preprocess(), split: SplitSpec = Sp
     predefined = None
     if "split" in df:
         predefined = df["split"].map(SPLIT_NAMES).to_numpy()
-    labels = split_interactions(split.method, users, ts, ratios=split.ratios, seed=split.seed, predefined=predefined)
+    item_table = _align(raw.items, "item", item_vocab)
+    cold = None
+    keep = slice(None)
+    if split.cold_items is not None:
+        from recsys.data.splits import cold_item_rows
+
+        cold = cold_item_rows(split.cold_items, len(item_vocab), item_table, split.seed)
+        if len(cold) == 0 or len(cold) == len(item_vocab):
+            raise DataError(f"--data.split.cold_items {split.cold_items!r} selects {len(cold)} of "
+                            f"{len(item_vocab)} items of {raw.name!r}: the protocol needs some cold and some warm "
+                            "items")
+        keep = ~np.isin(items, cold)
+    labels = np.full(len(users), TEST, dtype=np.int8)
+    labels[keep] = split_interactions(split.method, users[keep], None if ts is None else ts[keep],
+                                      ratios=split.ratios, seed=split.seed,
+                                      predefined=None if predefined is None else predefined[keep])
     note = _split_note(split, predefined is not None)
+    if cold is not None:
+        note += (f"; cold items {split.cold_items!r}: {len(cold)} items held out entirely, their "
+                 f"{int((~keep).sum())} interactions all in test")
     if split.valid_from_train:
         if (labels == VALID).any():
             raise DataError(f"--data.split.valid_from_train carves a validation part from training, and the "
@@ -362,8 +411,8 @@ def prepare(raw, preprocessing: Preprocess = Preprocess(), split: SplitSpec = Sp
         labels = carve_valid(labels, users, split.valid_from_train, split.seed)
         note += f", validation carved from train ({split.valid_from_train:g} per user, seed {split.seed})"
     _check_split_feasible(labels, users, split, resolve_method(split.method, predefined is not None), raw.name)
-    data = PreparedData(user_vocab, item_vocab, users, items, labels, ts,
-                        item_table=_align(raw.items, "item", item_vocab),
-                        user_table=_align(raw.users, "user", user_vocab), name=raw.name, split_note=note)
+    data = PreparedData(user_vocab, item_vocab, users, items, labels, ts, item_table=item_table,
+                        user_table=_align(raw.users, "user", user_vocab), name=raw.name, split_note=note,
+                        cold_items=cold)
     # The summary is not logged here: the commands print it once (``recsys fit``, ``recsys data``).
     return data

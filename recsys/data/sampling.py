@@ -18,10 +18,11 @@ class NegativeSampler:
         distribution: ``"uniform"`` or ``"popularity"`` (probability ∝ train count ** ``alpha``).
         alpha: popularity exponent (0.75 as in word2vec).
         max_rounds: rejection rounds before giving up on the remaining collisions.
+        blocked: item rows never drawn for anyone (the cold-item protocol's held-out items), or None.
     """
 
     def __init__(self, train: sp.csr_matrix, distribution: str = "uniform", alpha: float = 0.75,
-                 max_rounds: int = 20) -> None:
+                 max_rounds: int = 20, blocked: np.ndarray | None = None) -> None:
         if distribution not in ("uniform", "popularity"):
             raise ValueError(f"distribution must be 'uniform' or 'popularity', not {distribution!r}")
         train = train.tocsr()
@@ -31,15 +32,32 @@ class NegativeSampler:
         self._keys = rows * self.n_items + train.indices.astype(np.int64)
         self.max_rounds = max_rounds
         self._cdf = None
-        if distribution == "popularity":
-            pop = np.asarray(train.sum(axis=0)).ravel().astype(np.float64) ** alpha + 1e-12
+        self._blocked = None
+        if blocked is not None and len(blocked):
+            self._blocked = np.zeros(self.n_items, dtype=bool)
+            self._blocked[np.asarray(blocked, dtype=np.int64)] = True
+        if distribution == "popularity" or self._blocked is not None:
+            pop = (np.asarray(train.sum(axis=0)).ravel().astype(np.float64) ** alpha + 1e-12
+                   if distribution == "popularity" else np.ones(self.n_items))
+            if self._blocked is not None:
+                # Drawn from the allowed items only (no rejection loop that a large blocked share would slow).
+                pop[self._blocked] = 0.0
             self._cdf = np.cumsum(pop / pop.sum())
+
+    @classmethod
+    def for_data(cls, data, distribution: str = "uniform") -> NegativeSampler:
+        """A sampler over ``data``'s training matrix that never draws its cold-item protocol's items."""
+        return cls(data.train, distribution, blocked=data.cold_items)
 
     def _draw(self, rng: np.random.Generator, shape) -> np.ndarray:
         if self._cdf is None:
             return rng.integers(0, self.n_items, size=shape, dtype=np.int64)
-        idx = np.searchsorted(self._cdf, rng.random(size=shape), side="right")
-        return np.minimum(idx, self.n_items - 1)
+        idx = np.minimum(np.searchsorted(self._cdf, rng.random(size=shape), side="right"), self.n_items - 1)
+        if self._blocked is not None:
+            # A draw past the last allowed item's step of the CDF (float rounding) lands on a blocked row: step back.
+            last = int(np.flatnonzero(~self._blocked)[-1])
+            idx = np.minimum(idx, last)
+        return idx
 
     def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each (user, item) pair is a training interaction.

@@ -124,7 +124,7 @@ class PrefixBatches(Dataset):
         if len(self.examples) == 0:
             raise ValueError("no prefix examples: every user has fewer than two training interactions")
         self.data, self.loader, self.seed, self.history_len, self.per_user = data, loader, seed, history_len, per_user
-        self.sampler = NegativeSampler(data.train, loader.negatives) if loader.num_negatives else None
+        self.sampler = NegativeSampler.for_data(data, loader.negatives) if loader.num_negatives else None
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:

@@ -174,3 +174,47 @@ def split_interactions(method: str, users: np.ndarray, timestamps: np.ndarray | 
     if method == "loo":
         return leave_one_out(users, timestamps)
     return global_temporal_split(timestamps, ratios)
+
+
+def cold_item_rows(rule: float | str, n_items: int, item_table=None, seed: int = 2026) -> np.ndarray:
+    """The item rows a cold-item protocol holds out entirely (sorted).
+
+    Args:
+        rule: a share of the catalogue drawn at random (``0.1``), or a condition on a numeric item side-table
+            column, ``COLUMN>=VALUE``, ``COLUMN>VALUE``, ``COLUMN<=VALUE`` or ``COLUMN<VALUE`` (``year>=2000``:
+            the movies released from 2000 on). Items with no value in the column are never cold.
+        n_items: the catalogue size.
+        item_table: the item side table aligned with item rows (row i describes item row i).
+        seed: the draw's seed (a share only).
+
+    Raises:
+        DataError: a share outside (0, 1), a malformed condition, or a column the side table lacks or that is not
+            numeric (the message names ``--data.split.cold_items``).
+    """
+    opt = "--data.split.cold_items"
+    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        if not 0.0 < float(rule) < 1.0:
+            raise DataError(f"{opt} must be a share in (0, 1) or a condition such as 'year>=2000', got {rule!r}")
+        rng = np.random.default_rng([seed, 0xC01D])
+        n = max(1, int(round(float(rule) * n_items)))
+        return np.sort(rng.choice(n_items, size=n, replace=False)).astype(np.int64)
+    import re
+
+    m = re.fullmatch(r"\s*([A-Za-z_][\w.-]*)\s*(>=|<=|>|<)\s*(-?[\d.]+(?:[eE][-+]?\d+)?)\s*", str(rule))
+    if m is None:
+        raise DataError(f"{opt} must be a share in (0, 1) or a condition COLUMN>=VALUE (also >, <=, <) on a "
+                        f"numeric item column, such as 'year>=2000'; got {rule!r}")
+    column, op, value = m.group(1), m.group(2), float(m.group(3))
+    if item_table is None or column not in item_table:
+        have = [c for c in getattr(item_table, "columns", []) if c != "item"]
+        raise DataError(f"{opt} {rule!r}: the item side table has no column {column!r}"
+                        + (f" (it has {', '.join(map(str, have))})" if have else " (the dataset has no item table)"))
+    import pandas as pd
+
+    col = pd.to_numeric(item_table[column], errors="coerce")
+    if col.notna().sum() == 0:
+        raise DataError(f"{opt} {rule!r}: column {column!r} has no numeric value")
+    x = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        hit = {">=": x >= value, ">": x > value, "<=": x <= value, "<": x < value}[op]
+    return np.flatnonzero(hit & ~np.isnan(x)).astype(np.int64)

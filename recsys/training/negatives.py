@@ -40,6 +40,18 @@ class Step:
 class NegativeStrategy:
     """Embeds a training batch and scores its positive (column 0 of ``batch.items``) against negatives."""
 
+    #: item rows no positive may compete with (the cold-item protocol's held-out items), set by :meth:`bind`.
+    blocked: Tensor | None = None
+
+    def bind(self, data) -> None:
+        """Take what the data fixes: the items held out by a cold-item protocol are never negatives.
+
+        Sampled strategies get their candidates from the loader, whose sampler already skips them
+        (:meth:`recsys.data.sampling.NegativeSampler.for_data`); a strategy that scores the item table masks them.
+        """
+        cold = data.cold_items
+        self.blocked = torch.from_numpy(cold) if cold is not None and len(cold) else None
+
     def check(self, encoder: TwoSidedEncoder, examples: ExampleBuilder, num_negatives: int) -> None:
         """Refuse settings of the data loader this strategy cannot work with (a one-line ``ValueError``).
 
@@ -142,4 +154,8 @@ class FullCatalogue(NegativeStrategy):
         query, table = _prefix(step, dim)
         logits = scorer.score_all(query, table)
         pos = logits.gather(1, step.target).squeeze(1)
-        return pos, logits.scatter(1, step.target, float("-inf"))
+        neg = logits.scatter(1, step.target, float("-inf"))
+        if self.blocked is not None:
+            # Held-out cold items must not even be seen as negatives: "none in training".
+            neg = neg.index_fill(1, self.blocked.to(neg.device), float("-inf"))
+        return pos, neg

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CAPABILITIES", "SERVING_CAPABILITIES", "EmbedsNewItems", "EncodesPositions", "EpochAware",
            "ExplicitConcepts", "FoldsIn", "Histories", "NestedLoss", "ScoresAgainstTable", "ScoresHistories",
-           "StepOutput", "UsesGallery", "capabilities_of"]
+           "StepOutput", "Transfers", "UsesGallery", "capabilities_of"]
 
 
 @dataclass
@@ -108,6 +108,20 @@ class EmbedsNewItems:
             table: M rows -> [M, D]
         """
         raise NotImplementedError
+
+
+class Transfers:
+    """The encoder's learned parameters do not depend on the catalogue or the users, so weights trained on one
+    dataset embed another's users and items (zero-shot transfer; text encoders: AlphaRec, the linear probe,
+    Recformer).
+
+    Called by: ``recsys fit --transfer-from RUN`` (:func:`recsys.transfer.transfer_weights`).
+    """
+
+    def catalogue_state(self) -> Sequence[str]:
+        """Keys of this encoder's ``state_dict`` that belong to the bound catalogue (a cached item table), not to
+        the learned model: never transferred."""
+        return ()
 
 
 class ExplicitConcepts:
@@ -263,7 +277,7 @@ class NestedLoss:
 
 #: the encoder capabilities a wrapper must keep (``NestedLoss`` is a loss capability).
 CAPABILITIES: tuple[type, ...] = (ScoresAgainstTable, EncodesPositions, EpochAware, EmbedsNewItems,
-                                  ExplicitConcepts, UsesGallery, FoldsIn)
+                                  ExplicitConcepts, UsesGallery, FoldsIn, Transfers)
 
 
 #: the serving capabilities of whole models (:meth:`recsys.recommender.Recommender.capability` answers for them).

@@ -54,6 +54,9 @@ def build_fit_parser(exit_on_error: bool = True):
     p.add_argument("--run-dir", "--run_dir", dest="run_dir", type=str | None, default=None,
                    help="Output directory (default: runs/<time>-<config>).")
     p.add_argument("--seed", type=int, default=2026, help="Seed for weights, sampling and order.")
+    p.add_argument("--transfer-from", "--transfer_from", dest="transfer_from", type=str | None, default=None,
+                   help="A finished run whose learned weights the model starts from on this data (text encoders "
+                        "only); with --trainer.max_epochs 0 nothing is trained here (zero-shot transfer).")
     p.add_argument("--early_stopping.patience", type=int, default=5,
                    help="Validation checks without improvement of valid/ndcg@20 before stopping.")
     p.add_argument("--early_stopping.monitor", type=str, default="valid/ndcg@20")
@@ -204,7 +207,8 @@ def _suggestion(message: str, parser) -> str | None:
             return " / ".join(close(m.group(1).rsplit(".", 1)[-1], _init_parameters(owners[-1]))) or None
         # A key of the file's top level (``traner.max_epochs``): its first part against the sections.
         head, _, rest = m.group(1).partition(".")
-        sections = {o[2:].split(".", 1)[0] for o in options}
+        # With a dotted rest only sections (options that have sub-options) qualify, not scalars such as --seed.
+        sections = {o[2:].split(".", 1)[0] for o in options if "." in o or not rest}
         return " / ".join(f"{h}.{rest}" if rest else h for h in close(head, sections)) or None
     m = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)$", message, flags=re.MULTILINE)
     if m and message.count("typing.Literal[") == 1:
@@ -325,7 +329,7 @@ def check_fit_options(cfg) -> None:
     Called on the parsed configuration, before anything is built or any data is read.
 
     Raises:
-        UsageError: ``trainer.max_epochs`` 0 or below -1, ``trainer.max_steps`` 0 or below -1,
+        UsageError: ``trainer.max_epochs`` below -1, or 0 without ``transfer_from``, ``trainer.max_steps`` 0 or below -1,
             ``trainer.check_val_every_n_epoch`` below 1, ``early_stopping.patience`` negative, an
             ``early_stopping.monitor`` that validation never logs, or a seed outside numpy's range.
     """
@@ -333,9 +337,10 @@ def check_fit_options(cfg) -> None:
 
     trainer = cfg.trainer
     epochs = trainer.get("max_epochs")
-    if epochs is not None and (epochs == 0 or epochs < -1):
+    if epochs is not None and (epochs < -1 or (epochs == 0 and not cfg.get("transfer_from"))):
         raise UsageError(f"--trainer.max_epochs must be at least 1 (or -1: no limit, with --trainer.max_time, "
-                         f"--trainer.max_steps or early stopping to end the fit), got {epochs}")
+                         f"--trainer.max_steps or early stopping to end the fit; 0 only with --transfer-from, a "
+                         f"zero-shot transfer), got {epochs}")
     steps = trainer.get("max_steps")
     if steps is not None and (steps == 0 or steps < -1):
         raise UsageError(f"--trainer.max_steps must be at least 1 (or -1: no limit), got {steps}")

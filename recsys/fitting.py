@@ -154,6 +154,10 @@ def fit_run(argv: Sequence[str], *, dataset: RawDataset | None = None, callbacks
     init = instantiate(parser, cfg)
     dm, model = init.data, init.model
     _check_model_setup(model, dm, init.trainer)
+    if cfg.transfer_from and not resume:
+        from recsys.transfer import check_transfer
+
+        check_transfer(model, cfg.transfer_from)
     if resume:
         dm.data = Run(run_dir).data()  # the interrupted run's own split, whatever its data source was
     elif dataset is not None:
@@ -198,8 +202,24 @@ def _fit_into(run_dir: Path, config_text: str, parser, cfg, init, data: Prepared
     ckpt = run.checkpoints_dir / LAST if resume else None
     if resume:
         _say(f"resuming {run_dir} from checkpoints/{LAST}", quiet)
-    model.fit(data, trainer=lambda module: stats.update(
-        _fit_lightning(init, cfg, module, dm, run, callbacks, ckpt, quiet)))
+    elif cfg.transfer_from:
+        from recsys.transfer import transfer_weights
+
+        moved = transfer_weights(model, data, cfg.transfer_from)
+        if rank0:
+            run.write_json("transfer.json", moved)
+        _say(f"transferred {moved['loaded']} tensors from {cfg.transfer_from} (rebuilt from this data: "
+             f"{len(moved['rebuilt'])}, ignored: {len(moved['ignored'])})", quiet)
+    from recsys.model import RecModel
+
+    if isinstance(model, RecModel) and cfg.trainer.get("max_epochs") == 0 and not resume:
+        # Zero-shot: the model is evaluated as bound (and transferred), with no training on this data.
+        model.bind(data)
+        stats = {"epochs": 0, "best_epochs": None, "train_epoch_s": None}
+        _say("--trainer.max_epochs 0: no training on this data", quiet)
+    else:
+        model.fit(data, trainer=lambda module: stats.update(
+            _fit_lightning(init, cfg, module, dm, run, callbacks, ckpt, quiet)))
     if not rank0:
         return run
     model.eval()

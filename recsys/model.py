@@ -18,6 +18,7 @@ from recsys.losses import BPRLoss, Loss
 from recsys.recommender import EmbeddingModel, LightningFit
 from recsys.scorers import DotScorer, Scorer
 from recsys.training.negatives import NegativeStrategy, SampledNegatives
+from recsys.training.schedules import LRSchedule
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 
@@ -50,11 +51,15 @@ class RecModel(L.LightningModule, EmbeddingModel):
         reg_weight: weight of the encoder's L2 regulariser.
         eval_ks: cut-offs for validation metrics.
         negatives: what the positive competes with (:mod:`recsys.training.negatives`; sampled when None).
+        lr_schedule: the learning-rate schedule, stepped once per optimizer step (YAML: ``class_path:
+            recsys.training.schedules.WarmupLinear``); its total steps are the trainer's
+            ``estimated_stepping_batches``. A constant lr if None.
     """
 
     def __init__(self, encoder: TwoSidedEncoder, scorer: Scorer | None = None, loss: Loss | None = None,
                  optimizer: OptimizerFactory | None = None, reg_weight: float = 0.0,
-                 eval_ks: tuple[int, ...] = (10, 20), negatives: NegativeStrategy | None = None) -> None:
+                 eval_ks: tuple[int, ...] = (10, 20), negatives: NegativeStrategy | None = None,
+                 lr_schedule: LRSchedule | None = None) -> None:
         super().__init__()
         ks = list(eval_ks) if isinstance(eval_ks, (list, tuple)) else [eval_ks]
         if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
@@ -65,6 +70,7 @@ class RecModel(L.LightningModule, EmbeddingModel):
         self.scorer = scorer if scorer is not None else DotScorer()
         self.loss = loss if loss is not None else BPRLoss()
         self.optimizer_factory = optimizer
+        self.lr_schedule = lr_schedule
         self.reg_weight = reg_weight
         self.eval_ks = tuple(eval_ks)
         self.negatives = negatives if negatives is not None else SampledNegatives()
@@ -135,9 +141,16 @@ class RecModel(L.LightningModule, EmbeddingModel):
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
-        if self.optimizer_factory is None:
-            return torch.optim.Adam(params, lr=1e-3)
-        return self.optimizer_factory(params)
+        opt = torch.optim.Adam(params, lr=1e-3) if self.optimizer_factory is None else self.optimizer_factory(params)
+        if self.lr_schedule is None:
+            return opt
+        # The run's length is a size bound from the trainer (epochs × batches / accumulation), never configured.
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total < 1:
+            raise UsageError(f"--model.init_args.lr_schedule needs a finite run (--trainer.max_epochs or "
+                             f"--trainer.max_steps), got {total} optimizer steps")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.lr_schedule.build(opt, int(total)),
+                                                   "interval": "step", "frequency": 1}}
 
     # Resume: the random streams that are not derived from (seed, epoch) travel in the full checkpoint.
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -185,3 +185,40 @@ def test_new_item_ids_must_match_the_catalogue_id_type(tmp_path):
     with pytest.raises(DataError, match=r"file f\.csv.*column 'item'.*row 1"):
         _as_vocab_ids(np.array([7, "x"], dtype=object), np.dtype(np.int64), "f.csv")
     assert _as_vocab_ids(np.array([7]), np.dtype(object), "f.csv").tolist() == ["7"]
+
+
+def test_mlp_width_follows_the_official_rule():
+    from recsys.encoders.language import make_mapping, official_hidden_dim
+
+    # The official per-LM table (models/General/AlphaRec.py): BERT ×8, ada-002 ×2, text-embedding-3-large ×1/2,
+    # 4096-d 7B LMs ×9/32 - all 768 · 6144 first-layer weights.
+    assert [official_hidden_dim(d) for d in (768, 1536, 3072, 4096)] == [6144, 3072, 1536, 1152]
+    assert official_hidden_dim(384) == 12288  # all-MiniLM-L6-v2
+    mlp = make_mapping(384, 64, "mlp", None)
+    assert mlp[0].weight.shape == (12288, 384) and mlp[2].weight.shape == (64, 12288) and mlp[0].bias is not None
+    assert make_mapping(384, 64, "mlp", 100)[0].weight.shape == (100, 384)  # still settable
+    assert make_mapping(384, 64, "linear", None).bias is None
+
+
+def test_titles_only_text_and_a_missing_attribute(tiny_lm):
+    from recsys.errors import DataError
+
+    data = checkerboard()
+    enc = AlphaRec(dim=8, hidden_dim=16, lm_path=tiny_lm[0], cache_dir=tiny_lm[1], attributes=["title"])
+    assert all(t.startswith("title: ") and "genres" not in t for t in enc.text.texts(data.item_table))
+    bad = AlphaRec(dim=8, hidden_dim=16, lm_path=tiny_lm[0], cache_dir=tiny_lm[1], attributes=["title", "tags"])
+    with pytest.raises(DataError) as e:
+        bad.bind(data)
+    assert str(e.value) == ("attributes: column 'tags' is not in the item table (available: "
+                            + ", ".join(c for c in data.item_table.columns if c != "item") + ")")
+
+
+def test_default_width_fits_with_a_small_lm(tiny_lm, tmp_path):
+    # hidden_dim null with the 32-d test LM: 768 · 6144 // 32 = 147456 hidden units; one tiny fit still trains.
+    lm_path, cache = tiny_lm
+    run = tmp_path / "wide"
+    assert main(fit_args("alpharec_titles.yaml", run, "--model.init_args.encoder.init_args.lm_path", lm_path,
+                         "--model.init_args.encoder.init_args.cache_dir", cache, "--data.loader.batch_size", "512",
+                         "--data.loader.num_negatives", "16", epochs=1)) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(metrics["ndcg@20"])

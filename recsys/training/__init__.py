@@ -3,6 +3,7 @@
 from recsys.training.hard_negatives import HardNegatives
 from recsys.training.negatives import FullCatalogue, InBatchNegatives, NegativeStrategy, SampledNegatives, Step
 from recsys.training.optim import RowSparseRMSprop
+from recsys.training.schedules import LRSchedule, WarmupLinear
 
-__all__ = ["FullCatalogue", "HardNegatives", "InBatchNegatives", "NegativeStrategy", "RowSparseRMSprop",
-           "SampledNegatives", "Step"]
+__all__ = ["FullCatalogue", "HardNegatives", "InBatchNegatives", "LRSchedule", "NegativeStrategy",
+           "RowSparseRMSprop", "SampledNegatives", "Step", "WarmupLinear"]

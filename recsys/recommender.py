@@ -171,7 +171,7 @@ class EmbeddingModel(Recommender):
     def new_item_table(self, table: pd.DataFrame) -> Tensor:
         if not isinstance(self.encoder, EmbedsNewItems):
             raise ValueError(f"{type(self.encoder).__name__} cannot embed items outside its catalogue: --new-items "
-                             "needs a text encoder (AlphaRec, LinearProbe)")
+                             "needs a text model (AlphaRec, LinearProbe, TextHistoryMean)")
         return self.scorer.prepare_items(self.encoder.embed_new_items(table))
 
 

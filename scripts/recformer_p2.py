@@ -8,7 +8,9 @@ Runs (unless ``--skip-fit``) four ``recsys fit`` jobs, timing each (wall and CPU
 1. ``configs/recformer_pretrain.yaml`` → ``OUT/pretrain``;
 2. ``configs/recformer.yaml`` initialised from 1 (stage 1, item table re-encoded each epoch) → ``OUT/stage1``;
 3. the same config initialised from 2 with ``item_table: frozen`` (stage 2) → ``OUT/stage2``;
-4. ``configs/sasrec.yaml`` → ``OUT/sasrec``.
+4. ``configs/sasrec.yaml`` → ``OUT/sasrec``;
+5. ``configs/pop.yaml`` (popularity, train and valid items masked) → ``OUT/pop``; ``configs/text_mean.yaml`` (the
+   untrained MiniLM history mean) → ``OUT/text_mean``.
 
 Then scores every test user of the finished runs (queries from train + valid histories, train and valid items masked,
 as ``recsys evaluate``) and reports ndcg@10, recall@10 and MRR (full-ranking reciprocal rank, no cut-off) overall,
@@ -61,10 +63,15 @@ def fit(name: str, config: str, out: Path, data_args: list[str], extra: list[str
 def test_ranks(run: Path) -> tuple[np.ndarray, np.ndarray, object]:
     """Rank (1 = top) of every test item among all items for its user, train and valid items masked.
 
+    Any recommender (an embedding model or a baseline) is scored through the same score function as
+    ``recsys evaluate``.
+
     Shapes:
         -> users [U], ranks [U] (one test item per user under leave-one-out), data
     """
-    from recsys.recommender import embedding_tables
+    import torch
+
+    from recsys.recommender import score_function
     from recsys.runs import Run
 
     r = Run.open(run)
@@ -72,8 +79,10 @@ def test_ranks(run: Path) -> tuple[np.ndarray, np.ndarray, object]:
     model = r.recommender(data)
     test = data.csr("test")
     users = np.flatnonzero(np.diff(test.indptr) > 0)
-    q, items = embedding_tables(model.encoder, model.scorer, data, up_to="train+valid", users=users)
-    scores = (q @ items.T).numpy()
+    fn = score_function(model, data, up_to="train+valid")
+    with torch.no_grad():
+        scores = torch.cat([fn(torch.from_numpy(c)) for c in np.array_split(users, max(1, len(users) // 128))])
+    scores = scores.double().numpy()
     seen = data.csr("train+valid")[users].toarray().astype(bool)
     scores[seen] = -np.inf
     target = test.indices[test.indptr[users]]  # leave-one-out: exactly one test item per user
@@ -113,12 +122,12 @@ def report(out: Path, runs: dict[str, Path], timings: dict) -> dict:
                                                         "max_epochs:", "max_attr_length:"))]
         result[name] = res
     (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{'run':<10}{'subset':<9}{'n':>5}{'ndcg@10':>10}{'recall@10':>11}{'mrr':>9}")
+    print(f"\n{'run':<14}{'subset':<9}{'n':>5}{'ndcg@10':>10}{'recall@10':>11}{'mrr':>9}")
     for name, res in result.items():
         for subset in ("overall", "cold", "warm"):
             m = res[subset]
             if m["n"]:
-                print(f"{name:<10}{subset:<9}{m['n']:>5}{m['ndcg@10']:>10.4f}{m['recall@10']:>11.4f}{m['mrr']:>9.4f}")
+                print(f"{name:<14}{subset:<9}{m['n']:>5}{m['ndcg@10']:>10.4f}{m['recall@10']:>11.4f}{m['mrr']:>9.4f}")
     return result
 
 
@@ -127,7 +136,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/p2")
     p.add_argument("--data", default=str(ML_SMALL))
     p.add_argument("--skip-fit", action="store_true", help="Only report on the runs already in --out.")
-    p.add_argument("--only", nargs="+", default=["pretrain", "stage1", "stage2", "sasrec"],
+    p.add_argument("--only", nargs="+", default=["pretrain", "stage1", "stage2", "sasrec", "pop", "text_mean"],
                    help="Which fits to run (the others must exist for the report).")
     p.add_argument("--fit-args", nargs=argparse.REMAINDER, default=[], help="Extra arguments for every fit.")
     a = p.parse_args()
@@ -141,6 +150,8 @@ def main() -> None:
         "stage2": ("recformer.yaml", [ENC + "init_from", str(out / "stage1"),
                                       ENC + "item_table", "recsys.encoders.FrozenTable"]),
         "sasrec": ("sasrec.yaml", []),
+        "pop": ("pop.yaml", []),
+        "text_mean": ("text_mean.yaml", []),
     }
     if not a.skip_fit:
         for name in a.only:
@@ -152,7 +163,7 @@ def main() -> None:
         print(f"[p2] Recformer pre-training + fine-tuning: {sum(timings[n]['wall_s'] for n in rec):.0f} s wall, "
               f"{sum(timings[n]['cpu_s'] for n in rec):.0f} s CPU ({', '.join(rec)})")
     report(out, {"recformer": out / "stage2", "stage1": out / "stage1", "pretrain": out / "pretrain",
-                 "sasrec": out / "sasrec"}, timings)
+                 "sasrec": out / "sasrec", "pop (masked)": out / "pop", "text_mean": out / "text_mean"}, timings)
 
 
 if __name__ == "__main__":

@@ -222,3 +222,17 @@ def test_default_width_fits_with_a_small_lm(tiny_lm, tmp_path):
                          "--data.loader.num_negatives", "16", epochs=1)) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert np.isfinite(metrics["ndcg@20"])
+
+
+def test_runs_from_before_the_official_width_rule_still_load(tiny_lm):
+    """A checkpoint whose MLP has the old default width (4 × the LM size) loads into hidden_dim=None at that width."""
+    data = checkerboard()
+    old = AlphaRec(dim=8, hidden_dim=4 * 32, lm_path=tiny_lm[0], cache_dir=tiny_lm[1])
+    old.bind(data)
+    new = AlphaRec(dim=8, lm_path=tiny_lm[0], cache_dir=tiny_lm[1])
+    new.bind(data)
+    assert new.mapping[0].out_features != 128
+    new.load_state_dict(old.state_dict())
+    assert new.mapping[0].out_features == 128
+    with torch.no_grad():
+        assert torch.equal(new.propagate()[1], old.propagate()[1])

@@ -261,6 +261,21 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedE
             self.cold_rows = torch.from_numpy(cold + self.n_users)
             self.cold_knn = self._text_neighbors(items[torch.from_numpy(cold)], items, degree > 0)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Runs fitted before the official width rule stored hidden_dim null meaning 4 × the LM size: such a
+        # checkpoint rebuilds the MLP at its stored width, so that old runs keep loading (and say so).
+        key = f"{prefix}mapping.0.weight"
+        if (self.hidden_dim is None and self.mapping_kind == "mlp" and key in state_dict
+                and isinstance(self.mapping, nn.Sequential)):
+            stored, in_dim = state_dict[key].shape
+            if stored == 4 * in_dim and stored != self.mapping[0].out_features:
+                log.warning("AlphaRec: the checkpoint's MLP has the pre-official default width %d (4 x %d); "
+                            "loading it at that width (hidden_dim null now means the official %d)", stored, in_dim,
+                            official_hidden_dim(in_dim))
+                dev = self.mapping[0].weight.device
+                self.mapping = make_mapping(in_dim, self.out_dim, "mlp", stored).to(dev)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _text_neighbors(self, z: Tensor, items: Tensor, warm: np.ndarray) -> Tensor:
         """Node rows of the ``cold_neighbors`` items with training edges nearest to each of ``z`` (cosine, LM).
 

@@ -141,7 +141,8 @@ def _refuse(model) -> ServingError:
         name = f"{name}({type(model.encoder).__name__})"
     return ServingError(f"{name} cannot score users from --histories: it declares neither FoldsIn nor "
                         "ScoresHistories (models that can: MF, ALS, BPR, SASRec, Recformer, AlphaRec, LinearProbe, "
-                        "EASE, ItemKNN, GFCF, MostPopular; encoder wrappers such as Matryoshka do not pass it on)")
+                        "EASE, ItemKNN, GFCF, MostPopular, TextHistoryMean, and wrappers such as Matryoshka of the "
+                        "encoders among them)")
 
 
 def check_scores_histories(model) -> None:

@@ -39,9 +39,11 @@ from recsys.encoders.sesa import SESA  # noqa: E402  (transformers is imported l
 __all__ += ["SESA"]
 from recsys.encoders.binary import BinaryCodes  # noqa: E402
 from recsys.encoders.compatible import Compatible  # noqa: E402
+from recsys.encoders.dsformer import DenseSparseAlphaRec, DenseSparseLinear, DenseSparseTable  # noqa: E402
 from recsys.encoders.lowrank import LowRank  # noqa: E402
 from recsys.encoders.matryoshka import Matryoshka  # noqa: E402
 from recsys.encoders.quantized import LatentQuantization  # noqa: E402
 from recsys.encoders.wrapper import EncoderWrapper  # noqa: E402
 
 __all__ += ["BinaryCodes", "Compatible", "EncoderWrapper", "LatentQuantization", "LowRank", "Matryoshka"]
+__all__ += ["DenseSparseAlphaRec", "DenseSparseLinear", "DenseSparseTable"]

@@ -7,7 +7,13 @@ D-dimensional item costs D/8 bytes, and a Hamming shortlist is re-ranked by the 
 (:func:`recsys.scoring.cascade.hamming_cascade_fn`). This is the real-binary split of binary paragraph vectors
 (a short binary code to filter, real values to rank).
 
-Grzegorczyk & Karwowski, "Binary Paragraph Vectors", RepL4NLP 2017; straight-through estimator: Bengio et al.,
+The code length is the wrapped encoder's width by default. With ``bits`` set (16-256), a learned projection
+``P [D, bits]`` (orthogonal at initialisation) maps the embeddings first and the wrapper serves ``x·P``: its signs are
+the ``bits``-bit code, and the same ``x·P`` re-ranks the shortlist, so the Hamming indexes (``hamming:``,
+``faiss:binary``), which pack the signs of the served table, serve the trained code of any length unchanged. As in
+binary paragraph vectors, the code layer is a learned linear map of the float representation.
+
+Grzegorczyk & Kurdziel, "Binary Paragraph Vectors", RepL4NLP 2017; straight-through estimator: Bengio et al.,
 "Estimating or Propagating Gradients Through Stochastic Neurons", 2013.
 """
 
@@ -16,12 +22,13 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from recsys.capabilities import StepOutput
+from recsys.capabilities import ExplicitConcepts, StepOutput
 from recsys.data.batch import Batch
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.wrapper import EncoderWrapper
+from recsys.errors import UsageError
 from recsys.losses import BPRLoss, Loss
 
 
@@ -53,27 +60,55 @@ def code_ranking_loss(loss: Loss, q: Tensor, c: Tensor, batch: Batch) -> Tensor:
 
 
 class BinaryCodes(EncoderWrapper):
-    """Float embeddings plus a trained binary code: their signs.
+    """Float embeddings plus a trained binary code: their signs (after a learned projection when ``bits`` is set).
 
     Args:
-        encoder: the wrapped encoder; its ``out_dim`` is the number of bits.
+        encoder: the wrapped encoder; without ``bits`` its ``out_dim`` is the number of bits.
         weight: weight of the code loss added to the model's float loss.
-        loss: the ranking loss on code scores (BPR when None); code scores are ``q_bits · i_bits / √D``.
+        loss: the ranking loss on code scores (BPR when None); code scores are ``q_bits · i_bits / √bits``.
+        bits: the code length, 16-256, independent of the encoder's width: the wrapper then serves ``x·P`` with a
+            learned ``P [D, bits]`` and codes ``sign(x·P)``. None (the default): no projection, ``bits = D``.
 
     Shapes:
-        batch.users: [B]; batch.items: [B, C] -> (query [B, D], items [B, C, D]) (floats)
+        batch.users: [B]; batch.items: [B, C] -> (query [B, bits], items [B, C, bits]) (floats; bits = D when None)
     """
 
-    def __init__(self, encoder: TwoSidedEncoder, weight: float = 1.0, loss: Loss | None = None) -> None:
+    def __init__(self, encoder: TwoSidedEncoder, weight: float = 1.0, loss: Loss | None = None,
+                 bits: int | None = None) -> None:
         super().__init__(encoder)
-        self.weight = weight
+        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 16 <= bits <= 256):
+            raise UsageError(f"BinaryCodes bits must be an integer in [16, 256] or None, got {bits!r}")
+        if bits is not None and isinstance(encoder, ExplicitConcepts):
+            raise UsageError("BinaryCodes bits cannot wrap an explicit-concept encoder: the projection mixes its "
+                             "named dimensions")
+        self.weight, self.bits = weight, bits
         self.code_loss = loss if loss is not None else BPRLoss()
+        self.projection: nn.Parameter | None = None
+        if bits is not None:
+            self.out_dim = bits
+            self.projection = self._new_projection(encoder.out_dim)
+
+    def _new_projection(self, width: int) -> nn.Parameter:
+        # Orthogonal: x·P keeps the norms and inner products of x (bits >= D) or is an orthogonal projection
+        # (bits < D), so the float model starts as the inner encoder's and the first codes are random hyperplane
+        # (SimHash) codes of it.
+        return nn.Parameter(nn.init.orthogonal_(torch.empty(width, self.bits)))
+
+    def bind_wrapper(self, data) -> None:
+        if self.projection is not None and self.projection.shape[0] != self.encoder.out_dim:
+            self.projection = self._new_projection(self.encoder.out_dim)  # the inner width came from the data
+
+    def served_dim(self) -> int:
+        return self.bits or self.encoder.out_dim
+
+    def transform(self, x: Tensor, side: str, state=None) -> Tensor:
+        return x if self.projection is None else x @ self.projection
 
     def codes(self, x: Tensor) -> Tensor:
-        """±1 codes of embeddings (no gradient).
+        """±1 codes of served embeddings (already projected when ``bits`` is set; no gradient).
 
         Shapes:
-            x: [..., D] -> [..., D]
+            x: [..., out_dim] -> [..., out_dim]
         """
         return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
@@ -81,6 +116,7 @@ class BinaryCodes(EncoderWrapper):
         if not self.weight:
             return {}
         query, cands = self.inner_rows(batch, inner)
+        query, cands = self.transform(query, "query"), self.transform(cands, "item")
         return {"codes": self.weight * code_ranking_loss(self.code_loss, sign_ste(query), sign_ste(cands), batch)}
 
     def bytes_per_item(self) -> float:

@@ -42,8 +42,8 @@ MODELS = {
     "pop": ("pop", []),
     "mf_bpr": ("mf_bpr", ["--trainer.max_epochs", "100"]),
     "text_mean": ("text_mean", []),
-    "linear_probe": ("linear_probe", ["--trainer.max_epochs", "40"]),
-    "alpharec_mlp": ("alpharec_mlp", ["--trainer.max_epochs", "30", ENC + "hidden_dim", "1536"]),
+    "linear_probe": ("linear_probe", ["--trainer.max_epochs", "15"]),
+    "alpharec_mlp": ("alpharec_mlp", ["--trainer.max_epochs", "15", ENC + "hidden_dim", "1536"]),
     "sesa": ("sesa", ["--trainer.max_epochs", "40"]),
     "recformer": ("recformer", RECFORMER_CPU),
 }

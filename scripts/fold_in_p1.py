@@ -50,8 +50,8 @@ MODELS = (
     # Text models: a new user is the history's text (TextHistoryMean, the linear probe, AlphaRec: the mapped mean
     # LM vector of the history, AlphaRec then propagated; Recformer: the history's item sentences encoded).
     ("text_mean", []),
-    ("linear_probe", ["--trainer.max_epochs", "40"]),
-    ("alpharec_mlp", ["--trainer.max_epochs", "30", "--model.init_args.encoder.init_args.hidden_dim", "1536"]),
+    ("linear_probe", ["--trainer.max_epochs", "15"]),
+    ("alpharec_mlp", ["--trainer.max_epochs", "15", "--model.init_args.encoder.init_args.hidden_dim", "1536"]),
     ("recformer", RECFORMER_CPU),
 )
 

@@ -31,7 +31,7 @@ ENC = "--model.init_args.encoder.init_args."
 #: text models: config -> fit options shared by the source, zero-shot and in-domain fits (CPU epoch caps).
 TEXT = {
     "linear_probe": ["--trainer.max_epochs", "40"],
-    "alpharec_mlp": ["--trainer.max_epochs", "30", ENC + "hidden_dim", "1536"],
+    "alpharec_mlp": ["--trainer.max_epochs", "15", ENC + "hidden_dim", "1536"],
 }
 
 

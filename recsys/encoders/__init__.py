@@ -47,3 +47,7 @@ from recsys.encoders.wrapper import EncoderWrapper  # noqa: E402
 
 __all__ += ["BinaryCodes", "Compatible", "EncoderWrapper", "LatentQuantization", "LowRank", "Matryoshka"]
 __all__ += ["DenseSparseAlphaRec", "DenseSparseLinear", "DenseSparseTable"]
+from recsys.encoders.compatible import BasisTransformation  # noqa: E402
+from recsys.encoders.simplex import StationarySimplex  # noqa: E402
+
+__all__ += ["BasisTransformation", "StationarySimplex"]

@@ -7,12 +7,17 @@ of the new queries, so a new query can be served against the old gallery before 
 Because ``R`` is orthonormal, new-vs-new inner products are unchanged by it: compatibility is bought by rotating
 the basis, not by constraining what the new model can represent, and the extra dimensions hold what is new.
 
+Two paths: :class:`Compatible` trains the new model *with* the old gallery in its loss; :class:`BasisTransformation`
+with :func:`fit_basis_run` trains it *independently* and fits the basis transformation afterwards on paired embeddings
+(``python -m recsys.encoders.compatible NEW OLD OUT``; see the section before :class:`BasisTransformation`).
+
 Zhou et al., "BT²: Backward-compatible Training with Basis Transformation", ICCV 2023; the influence loss of
 Shen et al., "Towards Backward-Compatible Representation Learning", CVPR 2020.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
@@ -21,6 +26,7 @@ from recsys.capabilities import ExplicitConcepts, StepOutput, UsesGallery
 from recsys.data.batch import Batch
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.wrapper import EncoderWrapper
+from recsys.errors import UsageError
 from recsys.losses import BPRLoss, Loss
 
 
@@ -90,3 +96,254 @@ class Compatible(UsesGallery, EncoderWrapper):
         same = batch.items[:, :1] == batch.items[:, 0][None, :]
         return {"compatibility": self.weight * self.compat_loss(logits.diagonal(),
                                                                 logits.masked_fill(same, float("-inf")))}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The post-hoc path: BT²'s basis transformation learned AFTER an independent new model is trained.
+#
+# ``Compatible`` above trains the new model with the old gallery in the loss. Here the new model is trained with no
+# knowledge of the old one (any config, any seed or width); afterwards a linear map ``W`` from the new space to the
+# old one is fitted on paired embeddings of the same training items (and, optionally, users) and the model is served
+# through the isometric basis ``M = [W'; C]`` (``W' = W / ‖W‖₂``, ``C = (I - W'ᵀW')^½``): ``MᵀM = I``, so new→new
+# inner products are exactly the independent model's, while the first ``old_dim`` coordinates ``W'·x`` are the old
+# space, where ``recsys evaluate --gallery OLD`` scores them against the old items. The extra ``d_new`` coordinates
+# are BT²'s added basis vectors: they hold what the map cannot express in the old space.
+#
+#     python -m recsys.encoders.compatible NEW_RUN OLD_RUN OUT_RUN [--fit-on items|users|both] [--orthogonality λ]
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class BasisTransformation(EncoderWrapper):
+    """An independently trained encoder served in an isometric basis whose first ``old_dim`` coordinates map into an
+    old model's space (BT², post hoc).
+
+    The map is not learned by ``recsys fit``: a fresh wrapper serves ``[0, x]`` (new→new exact, nothing compatible
+    yet) and :func:`fit_basis_run` fits it on a finished run, writing a new run directory. Training through this
+    wrapper is therefore the independent new model's training (the transform is a fixed isometry). Its buffers are
+    stored with the weights, so the served run rebuilds exactly.
+
+    Args:
+        encoder: the new, independently trained encoder.
+        old_dim: the old model's width (the compatible coordinates).
+        old_run: the old run the map was fitted against (provenance only; nothing is read from it here).
+
+    Shapes:
+        x: [..., d_new] -> [..., old_dim + d_new]; map: [old_dim, d_new]; complement: [d_new, d_new]
+    """
+
+    def __init__(self, encoder: TwoSidedEncoder, old_dim: int, old_run: str | None = None) -> None:
+        super().__init__(encoder)
+        if not isinstance(old_dim, int) or isinstance(old_dim, bool) or old_dim < 1:
+            raise UsageError(f"BasisTransformation old_dim must be a positive integer, got {old_dim!r}")
+        self.old_dim, self.old_run = old_dim, old_run
+        self.register_buffer("map", torch.zeros(old_dim, encoder.out_dim))
+        self.register_buffer("complement", torch.eye(encoder.out_dim))
+        self.out_dim = self.served_dim()
+
+    def served_dim(self) -> int:
+        return self.old_dim + self.encoder.out_dim
+
+    def bind_wrapper(self, data) -> None:
+        d = self.encoder.out_dim
+        if self.map.shape[1] != d:  # a width known only from the data: start again from the identity basis
+            self.map = torch.zeros(self.old_dim, d, device=self.map.device)
+            self.complement = torch.eye(d, device=self.map.device)
+
+    def set_map(self, w: Tensor) -> None:
+        """Serve through ``w`` (new → old), completed to an isometry.
+
+        Ranking new queries against a gallery is invariant to a global scale of ``w``, so it is divided by its
+        spectral norm; the complement ``(I - w'ᵀw')^½`` then exists and makes ``[w'; C]`` an isometry.
+
+        Shapes:
+            w: [old_dim, d_new]
+        """
+        if tuple(w.shape) != tuple(self.map.shape):
+            raise ValueError(f"the map must be {tuple(self.map.shape)}, got {tuple(w.shape)}")
+        w = w.detach().double().cpu()
+        w = w / torch.linalg.matrix_norm(w, ord=2).clamp_min(1e-12)
+        vals, vecs = torch.linalg.eigh(torch.eye(w.shape[1], dtype=w.dtype) - w.T @ w)
+        c = (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+        self.map = w.to(self.map)
+        self.complement = c.to(self.complement)
+
+    def transform(self, x: Tensor, side: str, state=None) -> Tensor:
+        return torch.cat([x @ self.map.T.to(x.dtype), x @ self.complement.T.to(x.dtype)], dim=-1)
+
+
+def fit_basis(new: Tensor, old: Tensor, orthogonality: float = 1.0, steps: int = 500) -> Tensor:
+    """The linear map of new embeddings onto their old counterparts, with BT²'s orthogonality regulariser.
+
+    Both sides are first divided by their RMS row norm, so the regulariser compares like with like whatever the two
+    models' scales. ``orthogonality = 0`` is the closed-form least squares; otherwise full-batch L-BFGS, from that
+    solution, on ``‖new·Wᵀ − old‖²/n + λ‖W·Wᵀ/s − I‖²/old_dim`` (``WᵀW`` when the old model is wider; ``s`` the
+    mean of its diagonal, so only the map's shape, not its scale, is regularised): a map
+    close to an isometry treats the items it was fitted on and the users it is applied to alike (a general linear
+    map of item vectors would need its inverse transpose on the queries).
+
+    Args:
+        new: the new model's embeddings of the paired rows.
+        old: the old model's embeddings of the same rows.
+        orthogonality: λ, the orthogonality regulariser's weight (≥ 0).
+        steps: L-BFGS iterations at most (unused when λ = 0).
+
+    Shapes:
+        new: [n, d_new]; old: [n, d_old] -> [d_old, d_new]
+    """
+    if not (isinstance(orthogonality, (int, float)) and orthogonality >= 0):
+        raise UsageError(f"orthogonality must be a non-negative number, got {orthogonality!r}")
+    if new.shape[0] != old.shape[0] or new.shape[0] < 2:
+        raise ValueError(f"fit_basis needs the same ≥ 2 paired rows on both sides, got {new.shape[0]} and "
+                         f"{old.shape[0]}")
+    x = new.double() / new.double().norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-12)
+    y = old.double() / old.double().norm(dim=1).pow(2).mean().sqrt().clamp_min(1e-12)
+    gram = x.T @ x + 1e-6 * torch.eye(x.shape[1], dtype=x.dtype)  # a whisker of ridge: rank-deficient tables
+    w0 = torch.linalg.solve(gram, x.T @ y).T
+    if not orthogonality:
+        return w0.float()
+    w = w0.clone().requires_grad_(True)
+    eye = torch.eye(min(w.shape), dtype=w.dtype)
+    opt = torch.optim.LBFGS([w], lr=1.0, max_iter=steps, tolerance_grad=1e-10, tolerance_change=1e-14,
+                            line_search_fn="strong_wolfe")
+
+    def objective():
+        opt.zero_grad()
+        gram_w = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        # Scale-free: a ranking against a gallery ignores W's global scale, so only its shape is regularised.
+        off = gram_w / (gram_w.diagonal().mean() + 1e-12) - eye
+        loss = (x @ w.T - y).pow(2).sum(1).mean() + orthogonality * off.pow(2).sum() / len(eye)
+        loss.backward()
+        return loss
+
+    opt.step(objective)
+    return w.detach().float()
+
+
+def basis_residual(new: Tensor, old: Tensor, w: Tensor) -> float:
+    """Relative residual ``‖new·Wᵀ·s − old‖ / ‖old‖`` of a map, at the best global scale ``s`` (scale-free).
+
+    Shapes:
+        new: [n, d_new]; old: [n, d_old]; w: [d_old, d_new]
+    """
+    pred = new.double() @ w.double().T
+    s = (pred * old.double()).sum() / pred.pow(2).sum().clamp_min(1e-24)
+    return float((pred * s - old.double()).norm() / old.double().norm().clamp_min(1e-24))
+
+
+def fit_basis_run(new_run, old_run, out, fit_on: str = "items", orthogonality: float = 1.0, steps: int = 500,
+                  overwrite: bool = False) -> dict:
+    """Fit BT²'s basis transformation between two finished runs and write the new model, so wrapped, to ``out``.
+
+    ``out`` is a copy of ``new_run`` whose config wraps the encoder in :class:`BasisTransformation` and whose
+    ``model.pt`` serves ``[W'·x, C·x]`` (the Lightning checkpoint of the unwrapped model is dropped: it no longer
+    fits the config). ``recsys evaluate --run-dir OUT`` is the new→new protocol (identical to ``new_run``'s), and
+    ``recsys evaluate --run-dir OUT --gallery OLD_RUN`` the new→old one. ``OUT/basis_transformation.json`` records
+    the fit (pairs, λ, residuals).
+
+    Args:
+        new_run: the independently trained new run.
+        old_run: the old run (same prepared data: same users and items).
+        out: the run directory to write.
+        fit_on: which paired rows to fit on: ``items`` (the training items), ``users`` (the training users) or
+            ``both``.
+        orthogonality: λ of :func:`fit_basis`.
+        steps: L-BFGS iterations of :func:`fit_basis`.
+        overwrite: replace ``out`` when it exists.
+
+    Raises:
+        UsageError: an option value is out of range.
+        DataError: the runs' catalogues or users differ, or a run stores no tables.
+    """
+    import yaml
+
+    from recsys.config import instantiate_model
+    from recsys.errors import DataError
+    from recsys.runs import Run
+
+    if fit_on not in ("items", "users", "both"):
+        raise UsageError(f"--fit-on must be 'items', 'users' or 'both', got {fit_on!r}")
+    new, old = Run.open(new_run), Run.open(old_run)
+    old_items = old.item_table_for(new.vocab("item"))
+    tables = new.checked_payload().tables
+    if tables is None:
+        raise DataError("the new run stores no embedding tables (not an embedding model)", file=str(new.path))
+    new_queries, new_items = tables
+    users, items = new.train_pairs()
+    pairs_new, pairs_old = [], []
+    if fit_on in ("items", "both"):
+        rows = torch.from_numpy(np.unique(items))
+        pairs_new.append(new_items[rows])
+        pairs_old.append(old_items[rows])
+    if fit_on in ("users", "both"):
+        old_queries = old.checked_payload().tables[0]
+        a, b = old.vocab("user").ids, new.vocab("user").ids
+        if len(a) != len(b) or not bool((a == b).all()):
+            raise DataError("the old run's user vocabulary differs from the new run's: use --fit-on items",
+                            file=str(old.path))
+        rows = torch.from_numpy(np.unique(users))
+        pairs_new.append(new_queries[rows])
+        pairs_old.append(old_queries[rows])
+    x, y = torch.cat(pairs_new), torch.cat(pairs_old)
+    w = fit_basis(x, y, orthogonality, steps)
+
+    config = new.config_dict()
+    enc = config["model"]["init_args"]["encoder"]
+    config["model"]["init_args"]["encoder"] = {
+        "class_path": "recsys.encoders.BasisTransformation",
+        "init_args": {"encoder": enc, "old_dim": int(old_items.shape[1]), "old_run": str(old_run)}}
+    text = yaml.safe_dump(config, sort_keys=False)
+    model = instantiate_model(text, "the basis-transformed config")
+    dest = new.save(out, overwrite=overwrite)
+    import shutil
+
+    shutil.rmtree(dest.checkpoints_dir, ignore_errors=True)
+    dest = Run.create(dest.path, text)
+    data = dest.data()
+    model.bind(data)
+    state = {(f"encoder.{k}" if k.startswith("encoder.") else k): v for k, v in new.payload.state_dict.items()}
+    wrapper = model.encoder
+    state.update({"encoder.map": wrapper.map, "encoder.complement": wrapper.complement})
+    model.load_state_dict(state, strict=True)
+    wrapper.set_map(w)
+    model.eval()
+    dest.save_model(model, data)
+    report = {"new_run": str(new_run), "old_run": str(old_run), "fit_on": fit_on, "orthogonality": orthogonality,
+              "pairs": int(len(x)), "residual": basis_residual(x, y, w),
+              "residual_items": basis_residual(new_items[torch.from_numpy(np.unique(items))],
+                                               old_items[torch.from_numpy(np.unique(items))], w),
+              # The same residual with no map (shared leading coordinates): how far apart the spaces start.
+              "identity_residual": basis_residual(x, y, torch.eye(y.shape[1], x.shape[1]))}
+    dest.write_json("basis_transformation.json", report)
+    return report
+
+
+def _main(argv=None) -> int:
+    """``python -m recsys.encoders.compatible NEW OLD OUT``: :func:`fit_basis_run` from the command line."""
+    import argparse
+    import json
+    import sys
+
+    from recsys.errors import RecsysError
+
+    p = argparse.ArgumentParser(prog="python -m recsys.encoders.compatible",
+                                description="Fit BT²'s basis transformation of an independently trained new run "
+                                            "onto an old run, writing a servable run directory.")
+    p.add_argument("new_run")
+    p.add_argument("old_run")
+    p.add_argument("out")
+    p.add_argument("--fit-on", default="items", help="items, users or both (default items)")
+    p.add_argument("--orthogonality", type=float, default=1.0, help="orthogonality regulariser weight (default 1)")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        report = fit_basis_run(a.new_run, a.old_run, a.out, a.fit_on, a.orthogonality, a.steps, a.overwrite)
+    except RecsysError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -329,8 +329,8 @@ def check_fit_options(cfg) -> None:
     Called on the parsed configuration, before anything is built or any data is read.
 
     Raises:
-        UsageError: ``trainer.max_epochs`` below -1, or 0 without ``transfer_from``, ``trainer.max_steps`` 0 or below -1,
-            ``trainer.check_val_every_n_epoch`` below 1, ``early_stopping.patience`` negative, an
+        UsageError: ``trainer.max_epochs`` below -1, or 0 without ``transfer_from``, ``trainer.max_steps`` 0 or
+            below -1, ``trainer.check_val_every_n_epoch`` below 1, ``early_stopping.patience`` negative, an
             ``early_stopping.monitor`` that validation never logs, or a seed outside numpy's range.
     """
     from recsys.metrics.ranking import METRIC_NAMES

@@ -62,8 +62,8 @@ def transfer_weights(model, data, source: str | Path) -> dict:
     if missing or shape:
         what = (f"lacks {', '.join(missing[:4])}" if missing else
                 f"holds {shape[0]} as {tuple(state[shape[0]].shape)}, the model as {tuple(own[shape[0]].shape)}")
-        raise CheckpointError(f"--transfer-from {str(source)!r}: the run {what}"
-                              f"{' (+%d more)' % (len(missing) + len(shape) - 1) if len(missing) + len(shape) > 1 else ''}"
+        more = len(missing) + len(shape) - 1
+        raise CheckpointError(f"--transfer-from {str(source)!r}: the run {what}{f' (+{more} more)' if more else ''}"
                               "; transfer from a run of the same model configuration")
     load = {k: v for k, v in state.items() if k in own and k not in rebuilt}
     model.load_state_dict(load, strict=False)

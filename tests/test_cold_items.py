@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from recsys.capabilities import StepOutput
+from recsys.data.batch import Batch
 from recsys.data.prepared import PreparedData, SplitSpec, prepare
 from recsys.data.sampling import NegativeSampler
 from recsys.data.splits import TEST, cold_item_rows
@@ -18,10 +20,8 @@ from recsys.datasets.base import RawDataset
 from recsys.errors import DataError, UsageError
 from recsys.metrics.cold import cold_item_metrics, random_expectation
 from recsys.metrics.ranking import ranking_metrics
-from recsys.training.negatives import FullCatalogue, Step
-from recsys.capabilities import StepOutput
-from recsys.data.batch import Batch
 from recsys.scorers import DotScorer
+from recsys.training.negatives import FullCatalogue, Step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

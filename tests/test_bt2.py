@@ -11,10 +11,11 @@ from conftest import fit_args
 from recsys.capabilities import ScoresAgainstTable
 from recsys.cli import main
 from recsys.encoders import BasisTransformation, LightGCN, MatrixFactorization
-from recsys.encoders.compatible import _main, basis_residual, fit_basis, fit_basis_run
+from recsys.encoders.compatible import basis_residual, fit_basis
 from recsys.errors import UsageError
 from recsys.testing import EncoderConformance, checkerboard
 from recsys.testing.fixtures import group_separation
+from recsys.upgrades import _main, fit_basis_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -64,6 +64,7 @@ LAYERS = {
     "recsys.scoring.topk": "ranking",
     "recsys.scoring.cascade": "ranking",
     "recsys.scoring.index.*": "ranking",
+    "recsys.scoring.index_pq": "ranking",
     "recsys.scoring.faiss_index": "ranking",
     "recsys.retrieval.*": "ranking",
 
@@ -75,6 +76,7 @@ LAYERS = {
     "recsys.runs": "serving",
     "recsys.fitting": "serving",
     "recsys.transfer": "serving",
+    "recsys.upgrades": "serving",
     "recsys.tuning": "serving",
     "recsys.api": "serving",
     "recsys.recommender": "serving",

@@ -94,9 +94,8 @@ def main() -> None:
         if name == "alpharec_mlp":
             # The same weights, edgeless items given their text neighbours' graph part (imputation).
             imp = out / "alpharec_mlp_imputed"
-            fit(imp, config, data_args, caps + ["--transfer-from", str(out / name),
-                                                                 "--trainer.max_epochs", "0",
-                                                                 ENC + "cold_neighbors", "10"])
+            fit(imp, config, data_args, caps + ["--transfer-from", str(out / name), "--trainer.max_epochs", "0",
+                                                ENC + "cold_neighbors", "10"])
             rows.append(row("alpharec_mlp + imputation (cold_neighbors 10)", imp, ["same weights"]))
         r = rows[-1]
         print(f"[cold] {r['model']}: cold recall@20 {r['recall@20']:.4f}, ndcg@20 {r['ndcg@20']:.4f} "

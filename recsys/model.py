@@ -212,8 +212,53 @@ class RecModel(L.LightningModule, EmbeddingModel):
         headline = f"ndcg@{max(self.eval_ks)}"
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items() if k != headline}, sync_dist=False)
         self.log(f"{prefix}/{headline}", metrics[headline], prog_bar=True, sync_dist=False)
+        # A nested model is served at its prefixes too: their curves show a prefix that stops learning (or a tail
+        # that collapses, the full-dim curve then equal to a prefix's) while training, not only after it.
+        for dim, value in self._prefix_metrics(headline, metrics).items():
+            self.log(f"{prefix}/{headline}_d{dim}", value, sync_dist=False)
         # Wall seconds since training started, this evaluation included: quality per hour, read off the log.
         self.log("time/elapsed_s", time.perf_counter() - self._fit_t0, sync_dist=False)
+
+    def _prefix_metrics(self, name: str, full: dict[str, float]) -> dict[int, float]:
+        """One validation metric at each nested (Matryoshka) prefix; empty for a model without prefixes.
+
+        The prefixes are the nested loss's (``MatryoshkaLoss.prefix_dims``), or ``{d/8, d/4, d/2, d}`` for a
+        :class:`~recsys.encoders.Matryoshka` encoder trained otherwise; each is ranked through a
+        :class:`~recsys.scoring.index.PrefixSpec` index over the served tables, exactly as ``recsys evaluate
+        --index prefix:dim=D`` ranks it (Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022).
+
+        Args:
+            name: the metric to report (the headline ``ndcg@<max k>``).
+            full: this pass's metrics at every served dimension (the largest prefix is read from here, not ranked
+                again).
+
+        Returns:
+            ``{prefix dim: metric}``, the served dimension ``d`` included.
+
+        Shapes:
+            served tables: queries [n_users, d], items [n_items, d]; each prefix ranks on their first ``dim``
+            columns.
+        """
+        from recsys.encoders.matryoshka import Matryoshka
+        from recsys.losses import MatryoshkaLoss, default_prefix_dims
+        from recsys.metrics.evaluate import evaluate
+        from recsys.scoring.index import PrefixSpec
+
+        d = self.encoder.out_dim
+        if isinstance(self.loss, MatryoshkaLoss):
+            dims = self.loss.prefix_dims(d)
+        elif isinstance(self.encoder, Matryoshka):
+            dims = default_prefix_dims(d)
+        else:
+            return {}
+        out = {}
+        for dim in dims:
+            if dim >= d:
+                out[d] = full[name]
+            else:
+                out[dim] = evaluate(self, self.data, self.monitor_split, self.eval_ks, chunk_size=self.eval_chunk,
+                                    index=PrefixSpec(dim=dim))[name]
+        return out
 
 
 def _rng_state() -> dict:

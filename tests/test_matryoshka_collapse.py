@@ -5,7 +5,8 @@ embedding. Under Adam's coupled L2 (``torch.optim.Adam(weight_decay=...)``) the 
 that fits the data go to zero (the decay is part of the gradient Adam normalises, so once their ranking gradient
 is small it shrinks them by ``lr`` a step whatever their size): the model then serves one small prefix at every size.
 These known-answer tests train a tiny Matryoshka MF on the checkerboard (two groups: a 2-dim prefix already fits it)
-and check that the shipped ``mf_matryoshka`` optimizer and prefix weights keep the tail (coordinates 3..16) at the head's scale, that
+and check that the shipped ``mf_matryoshka`` optimizer and prefix weights keep the tail (coordinates 3..16) at
+the head's scale, that
 coupled L2 kills it, and that training logs the validation headline at each prefix.
 """
 
@@ -49,7 +50,8 @@ def shipped_optimizer():
 def train(optimizer, weights=None, validate: bool = False):
     """A Matryoshka MF-16 trained with the nested BPR loss on the checkerboard; returns (model, trainer)."""
     torch.manual_seed(0)
-    model = RecModel(Matryoshka(MatrixFactorization(dim=DIM, init="normal", init_std=0.1)), loss=MatryoshkaLoss(weights=weights),
+    model = RecModel(Matryoshka(MatrixFactorization(dim=DIM, init="normal", init_std=0.1)),
+                     loss=MatryoshkaLoss(weights=weights),
                      optimizer=optimizer)
     trainer = fit_tiny(model, checkerboard(n_users=60, n_items=30), Loader(batch_size=64, num_negatives=4),
                        max_epochs=EPOCHS, validate=validate)

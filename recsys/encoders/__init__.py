@@ -47,6 +47,9 @@ from recsys.encoders.wrapper import EncoderWrapper  # noqa: E402
 
 __all__ += ["BinaryCodes", "Compatible", "EncoderWrapper", "LatentQuantization", "LowRank", "Matryoshka"]
 __all__ += ["DenseSparseAlphaRec", "DenseSparseLinear", "DenseSparseTable"]
+from recsys.encoders.product_quantized import ProductQuantization  # noqa: E402
+
+__all__ += ["ProductQuantization"]
 from recsys.encoders.compatible import BasisTransformation  # noqa: E402
 from recsys.encoders.simplex import StationarySimplex  # noqa: E402
 

@@ -19,6 +19,9 @@ index from what a run stores (:class:`ServingTables`)::
     hamming:codes_only=true                 rank by Hamming distance alone
     lowrank:rank=8                          a low-rank model truncated to rank 8 (no retraining)
     quantized                               latent-quantization codes, scored against their codebook
+    pq:M=8,K=256,rerank=200                 product quantization (k-means at build time), ADC, float re-rank
+    rq:M=8,K=256 / pq:stored=true           residual quantization; a ProductQuantization model's own codes
+                                            (:mod:`recsys.scoring.index_pq`)
     seismic:n_postings=2000,query_cut=10    the Seismic inverted index (non-negative concept vectors)
     faiss:flat                              faiss exact inner product (``faiss:ivf,nlist=N,nprobe=P``,
                                             ``faiss:hnsw,m=32``, ``faiss:binary[,shortlist=200]``: sign codes;
@@ -81,10 +84,13 @@ class ServingTables:
             scorer): the full-rank tables are ``prepare(A @ B)``.
         codes, codebook: a latent-quantization model's item codes into its *sorted* per-dimension codebook:
             the item table is ``prepare(codebook[d, codes[:, d]])``.
+        pq_codes, pq_codebooks: a product/residual-quantization model's item codes and its ``M`` codebooks
+            (:mod:`recsys.scoring.index_pq`).
 
     Shapes:
         queries: [U, D]; items: [N, D]; query_factors: [U, r]; item_factors: [N, r]; basis: [r, D];
-        codes: [N, D] integers in [0, L); codebook: [D, L]
+        codes: [N, D] integers in [0, L); codebook: [D, L]; pq_codes: [N, M] integers in [0, K);
+        pq_codebooks: [M, K, D/M] (product) or [M, K, D] (residual)
     """
 
     queries: Tensor
@@ -96,9 +102,12 @@ class ServingTables:
     basis: Tensor | None = None
     codes: Tensor | None = None
     codebook: Tensor | None = None
+    pq_codes: Tensor | None = None
+    pq_codebooks: Tensor | None = None
 
     #: the payload ``extras`` (``recsys.runs.ModelPayload.extras``) each optional table is stored under.
-    EXTRAS: ClassVar[tuple[str, ...]] = ("query_factors", "item_factors", "basis", "codes", "codebook")
+    EXTRAS: ClassVar[tuple[str, ...]] = ("query_factors", "item_factors", "basis", "codes", "codebook",
+                                          "pq_codes", "pq_codebooks")
 
     @classmethod
     def from_payload(cls, payload, file: str | None = None) -> ServingTables:
@@ -738,3 +747,7 @@ def _format(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return "none" if v is None else str(v)
+
+
+# The product/residual-quantized kinds live in their own module, which registers them here (it imports this one).
+from recsys.scoring import index_pq as _index_pq  # noqa: E402,F401

@@ -178,7 +178,7 @@ def test_lightning_scoring_refuses_a_non_exact_index(mf_run, tmp_path, capsys):
 def test_help_names_every_kind_with_an_example_that_parses():
     examples = ["exact", "prefix:dim=32", "prefix:dim=32,coarse=8,shortlist=200", "hamming:shortlist=200",
                 "hamming:codes_only=true", "lowrank:rank=8", "quantized", "seismic:n_postings=2000,query_cut=10",
-                "faiss:hnsw,m=32"]
+                "faiss:hnsw,m=32", "pq:M=8,K=256,rerank=200", "rq:M=8,K=256"]
     assert {parse_index_spec(e).kind for e in examples} == set(SPECS)
     for e in examples:
         assert e in INDEX_HELP

@@ -93,7 +93,9 @@ INDEX_HELP = ("Item index to rank through, KIND[:OPTION=VALUE,...] (default exac
               "prefix:dim=32 (a Matryoshka prefix; prefix:dim=32,coarse=8,shortlist=200 shortlists at 8 dims, "
               "re-ranks at 32); hamming:shortlist=200 (sign-bit shortlist, float re-rank; hamming:codes_only=true "
               "ranks by the codes alone); lowrank:rank=8 (a low-rank model truncated); quantized "
-              "(latent-quantization codes); seismic:n_postings=2000,query_cut=10 (inverted index, SESA); "
+              "(latent-quantization codes); pq:M=8,K=256,rerank=200 (product quantization fitted on the item table, "
+              "asymmetric distance, float re-rank; pq:stored=true serves a ProductQuantization model's codes); "
+              "rq:M=8,K=256 (residual quantization); seismic:n_postings=2000,query_cut=10 (inverted index, SESA); "
               "faiss:flat (faiss exact inner product; faiss:ivf,nlist=256,nprobe=16 inverted lists; "
               "faiss:hnsw,m=32,ef_search=64 graph; faiss:binary sign codes by Hamming distance, "
               "faiss:binary,shortlist=200 re-ranks them in float; pip install 'recsys[ann]').")

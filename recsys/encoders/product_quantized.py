@@ -259,11 +259,7 @@ class ProductQuantization(EpochAware, EncoderWrapper):
     @torch.no_grad()
     def calibrate(self) -> None:
         """Re-fit the codebooks by seeded k-means of the current (inner) item table."""
-        self.encoder.precompute()
-        try:
-            table = self.encoder.item_table()
-        finally:
-            self.encoder.clear_cache()
+        table = self.inner_item_table()
         books = train_codebooks(table.float(), self.subspaces, self.codewords, self.kind, seed=self.seed,
                                 max_points=256 * self.codewords)
         self.codebooks.copy_(books.to(self.codebooks))

@@ -64,11 +64,7 @@ class LatentQuantization(EpochAware, EncoderWrapper):
     @torch.no_grad()
     def calibrate(self) -> None:
         """Set each dimension's codebook to ``L`` evenly spaced quantiles of the current item embeddings."""
-        self.encoder.precompute()
-        try:
-            table = self.encoder.item_table()
-        finally:
-            self.encoder.clear_cache()
+        table = self.inner_item_table()
         probs = (torch.arange(self.levels, dtype=table.dtype, device=table.device) + 0.5) / self.levels
         self.codebook.copy_(torch.quantile(table.float(), probs, dim=0).T.to(self.codebook))
 

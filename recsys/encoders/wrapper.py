@@ -181,6 +181,18 @@ class EncoderWrapper(TwoSidedEncoder):
     def clear_cache(self) -> None:
         self.encoder.clear_cache()
 
+    def inner_item_table(self) -> Tensor:
+        """The wrapped encoder's whole item table, outside any step (its propagation cache cleared after).
+
+        Shapes:
+            -> [n_items, inner out_dim]
+        """
+        self.encoder.precompute()
+        try:
+            return self.encoder.item_table()
+        finally:
+            self.encoder.clear_cache()
+
     def bytes_per_item(self) -> float:
         """Bytes per served item: the inner encoder's, scaled to this wrapper's width."""
         return self.encoder.bytes_per_item() * self.out_dim / self.encoder.out_dim

@@ -27,16 +27,20 @@ from recsys.encoders import (
     NGCF,
     AlphaRec,
     Backbone,
+    BasisTransformation,
     BinaryCodes,
     Compatible,
+    DenseSparseTable,
     LatentQuantization,
     LightGCN,
     LinearProbe,
     LowRank,
     MatrixFactorization,
     Matryoshka,
+    ProductQuantization,
     Recformer,
     SASRec,
+    StationarySimplex,
 )
 from recsys.encoders.language import TextFeatures
 from recsys.encoders.sesa import SESA
@@ -76,6 +80,11 @@ WRAPPERS = {
     "quantized": lambda e: LatentQuantization(e, levels=4),
     "compatible": lambda e: Compatible(e),
     "matryoshka(binary)": lambda e: Matryoshka(BinaryCodes(e), dim=max(1, e.out_dim // 2)),
+    "dense_sparse": lambda e: DenseSparseTable(e, dim=8, nonzeros=2),
+    "product_quantization": lambda e: ProductQuantization(e, subspaces=2, codewords=4),
+    "residual_quantization": lambda e: ProductQuantization(e, subspaces=2, codewords=4, kind="residual"),
+    "simplex": lambda e: StationarySimplex(e),
+    "basis_transformation": lambda e: BasisTransformation(e, old_dim=4),
 }
 
 

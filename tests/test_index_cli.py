@@ -146,6 +146,8 @@ def test_bad_spec_is_one_argparse_line_and_writes_nothing(mf_run, tmp_path, caps
     ("seismic", "index 'seismic' needs non-negative item vectors"),
     ("prefix:dim=512", "index 'prefix': option 'dim'=512 exceeds the model's 128 dimensions"),
     ("hamming:bits=200", "index 'hamming': option 'bits'=200 exceeds the model's 128 dimensions"),
+    ("pq:M=3", "index 'pq': option 'M'=3 must divide the model's 128 dimensions"),
+    ("pq:stored=true", "index 'pq:stored=true' needs a ProductQuantization model"),
 ])
 @pytest.mark.parametrize("command", ["evaluate", "score"])
 def test_kind_the_run_cannot_serve_fails_in_one_line(mf_run, tmp_path, capsys, spec, message, command):

@@ -133,6 +133,9 @@ def test_kmeans_and_the_index_are_deterministic():
     ("pq:K=1", "option 'K' must be in [2, 65536]"),
     ("rq:rerank=0", "option 'rerank' must be >= 1"),
     ("pq:stored=true,M=4", "stored=true serves the model's own codes: it takes no M"),
+    # k-means options would be ignored by stored codes: refused, not dropped silently.
+    ("pq:stored=true,iters=5", "stored=true serves the model's own codes: it takes no iters"),
+    ("rq:stored=true,seed=3", "stored=true serves the model's own codes: it takes no seed"),
     ("pq:m=4", "has no option 'm'"),
 ])
 def test_bad_specs_raise_one_line_errors(spec, message):

@@ -130,6 +130,9 @@ class BasisTransformation(EncoderWrapper):
         x: [..., d_new] -> [..., old_dim + d_new]; map: [old_dim, d_new]; complement: [d_new, d_new]
     """
 
+    #: the map and its complement mix coordinates, so named concept dimensions do not survive them.
+    refuses = (ExplicitConcepts,)
+
     def __init__(self, encoder: TwoSidedEncoder, old_dim: int, old_run: str | None = None) -> None:
         super().__init__(encoder)
         if not isinstance(old_dim, int) or isinstance(old_dim, bool) or old_dim < 1:

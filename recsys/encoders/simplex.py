@@ -211,6 +211,10 @@ class StationarySimplex(EncoderWrapper):
             rows = cluster_assignment(data.csr("train"), d + 1, self.seed, item_ids=ids)
         self.assignment = torch.from_numpy(rows).to(self.assignment.device)
 
+    def wrapper_catalogue_state(self) -> list[str]:
+        # One prototype per item of the bound catalogue, rebuilt by bind_wrapper: another dataset gets its own.
+        return ["assignment"]
+
     def prototype_logits(self, x: Tensor) -> Tensor:
         """Logits of embeddings' first ``simplex_dim`` coordinates against the fixed vertices, at the temperature.
 

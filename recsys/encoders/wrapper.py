@@ -107,6 +107,15 @@ class EncoderWrapper(TwoSidedEncoder):
         """This wrapper's output width once the inner encoder is bound (the inner width unless it maps it)."""
         return self.encoder.out_dim
 
+    def wrapper_catalogue_state(self) -> Sequence[str]:
+        """Keys of this wrapper's own ``state_dict`` entries that belong to the bound catalogue (rebuilt by
+        :meth:`bind_wrapper` from the data, e.g. a per-item assignment), not to the learned model; none here.
+
+        A wrapper around a :class:`~recsys.capabilities.Transfers` encoder declares them with the inner encoder's
+        catalogue state, so ``recsys fit --transfer-from`` rebuilds them instead of loading the source's.
+        """
+        return ()
+
     def inner_rows(self, batch: Batch, inner: StepOutput) -> tuple[Tensor, Tensor]:
         """The inner embeddings of the batch's queries and candidates, whichever step produced ``inner``.
 
@@ -252,8 +261,8 @@ class _FoldInDelegate(FoldsIn):
 
 class _TransfersDelegate(Transfers):
     def catalogue_state(self) -> Sequence[str]:
-        # The inner encoder's catalogue-bound keys, under this wrapper's prefix for it.
-        return [f"encoder.{k}" for k in self.encoder.catalogue_state()]
+        # The inner encoder's catalogue-bound keys, under this wrapper's prefix for it, and the wrapper's own.
+        return [f"encoder.{k}" for k in self.encoder.catalogue_state()] + list(self.wrapper_catalogue_state())
 
 
 #: capability -> the mixin that delegates it to the wrapped encoder.

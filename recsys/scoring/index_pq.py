@@ -15,7 +15,7 @@ Chen, Guan & Wang, Sensors 2010 (residual quantization); Rajput et al., TIGER, N
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Literal
 
 import torch
@@ -190,10 +190,14 @@ class ProductQuantizedSpec(IndexSpec):
         if self.K is not None and not 2 <= self.K <= 65536:
             raise self._fail(f"option 'K' must be in [2, 65536], got {self.K}")
         if self.stored:
+            # The k-means options too: stored codes are not fitted here, so an iters or seed would be ignored.
             given = [n for n in ("M", "K", "rerank") if getattr(self, n) is not None]
+            given += [f.name for f in fields(self)
+                      if f.name in ("iters", "seed") and getattr(self, f.name) != f.default]
             if given:
                 raise self._fail(f"stored=true serves the model's own codes: it takes no {', '.join(given)} "
-                                 "(M and K come from its codebooks; its float table is the dequantized codes)")
+                                 "(M and K come from its codebooks, which are not re-fitted; its float table is the "
+                                 "dequantized codes)")
 
     def build(self, tables: ServingTables) -> ProductQuantizedIndex:
         from recsys.encoders.product_quantized import code_dtype, encode, train_codebooks

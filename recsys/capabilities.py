@@ -274,6 +274,10 @@ class NestedLoss:
     def nested(self, scores_at: Callable[[int], tuple[Tensor, Tensor]], out_dim: int) -> Tensor:
         raise NotImplementedError
 
+    def gradient_scale(self, out_dim: int) -> Tensor | None:
+        """A per-coordinate factor ``RecModel`` applies to the embeddings' gradient (None: none)."""
+        return None
+
 
 #: the encoder capabilities a wrapper must keep (``NestedLoss`` is a loss capability).
 CAPABILITIES: tuple[type, ...] = (ScoresAgainstTable, EncodesPositions, EpochAware, EmbedsNewItems,

@@ -14,6 +14,27 @@ def default_prefix_dims(dim: int) -> list[int]:
     return sorted({max(1, dim // f) for f in (8, 4, 2, 1)})
 
 
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor) -> Tensor:
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def scale_gradient(x: Tensor, scale: Tensor) -> Tensor:
+    """``x`` unchanged in the forward pass; its gradient multiplied by ``scale`` (broadcast over the last axis).
+
+    Shapes:
+        x: [..., D]; scale: [D] -> [..., D]
+    """
+    return _ScaleGradient.apply(x, scale)
+
+
 class Loss(nn.Module):
     """A loss over scores of positives and sampled negatives.
 
@@ -70,20 +91,32 @@ class MatryoshkaLoss(Loss, NestedLoss):
 
     Kusupati et al., "Matryoshka Representation Learning", NeurIPS 2022.
 
+    With ``balance``, each embedding coordinate's gradient is divided by the total weight of the prefixes that contain
+    it (``W_j = Σ_{m ≥ j} w_m``). Under Adam with coupled L2 (``weight_decay`` of ``torch.optim.Adam``) a gradient
+    scale is otherwise a per-coordinate change of the decay: the first coordinates, summed over every prefix's loss,
+    are decayed ``W_1`` times less than the last ones, grow until they alone fit the data, and the tail's gradient
+    shrinks until the decay pins it at zero (the collapse). Balanced, every coordinate sees its prefixes' mean loss
+    against the same decay, as if each prefix were a model with its own L2; for a table encoder this is exactly
+    ``Σ_m w_m (base_m + λ‖θ[:, :m]‖²)`` under Adam.
+
     Args:
         base: the loss at each prefix (BPR when None).
         dims: prefix sizes (``{d/8, d/4, d/2, d}`` of the encoder's ``d`` when None).
         weights: one weight per prefix (1 each when None; MRL uses uniform weights).
+        balance: divide each coordinate's gradient by the weight of the prefixes holding it (see above).
     """
 
     def __init__(self, base: Loss | None = None, dims: list[int] | None = None,
-                 weights: list[float] | None = None) -> None:
+                 weights: list[float] | None = None, balance: bool = False) -> None:
         super().__init__()
         if dims is not None and weights is not None and len(dims) != len(weights):
             raise ValueError(f"{len(dims)} prefix dims but {len(weights)} weights")
+        if weights is not None and any(w < 0 for w in weights):
+            raise ValueError(f"prefix weights must be >= 0, got {weights}")
         self.base = base if base is not None else BPRLoss()
         self.dims = None if dims is None else sorted(int(d) for d in dims)
         self.weights = None if weights is None else [float(w) for w in weights]
+        self.balance = bool(balance)
 
     def prefix_dims(self, out_dim: int) -> list[int]:
         dims = self.dims or default_prefix_dims(out_dim)
@@ -93,6 +126,22 @@ class MatryoshkaLoss(Loss, NestedLoss):
 
     def forward(self, pos: Tensor, neg: Tensor) -> Tensor:
         return self.base(pos, neg)
+
+    def gradient_scale(self, out_dim: int) -> Tensor | None:
+        """Per-coordinate factor for the embeddings' gradient: ``1 / W_j`` with ``balance``, else None.
+
+        Shapes:
+            -> [out_dim]
+        """
+        if not self.balance:
+            return None
+        dims = self.prefix_dims(out_dim)
+        weights = self.weights or [1.0] * len(dims)
+        cover = torch.zeros(out_dim)
+        for m, w in zip(dims, weights):
+            cover[:m] += w
+        # Coordinates past the last prefix (dims set below d) get no loss gradient at all: leave them unscaled.
+        return torch.where(cover > 0, 1.0 / cover.clamp_min(1e-12), torch.ones_like(cover))
 
     def nested(self, scores_at, out_dim: int) -> Tensor:
         """The weighted sum of base losses; ``scores_at(m)`` returns ``(pos [B], neg [B, K])`` at prefix ``m``."""

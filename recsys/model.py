@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import lightning as L
 import torch
@@ -14,7 +15,7 @@ from recsys.capabilities import EpochAware, NestedLoss
 from recsys.data.batch import Batch
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.errors import UsageError
-from recsys.losses import BPRLoss, Loss
+from recsys.losses import BPRLoss, Loss, scale_gradient
 from recsys.recommender import EmbeddingModel, LightningFit
 from recsys.scorers import DotScorer, Scorer
 from recsys.training.negatives import NegativeStrategy, SampledNegatives
@@ -180,6 +181,11 @@ class RecModel(L.LightningModule, EmbeddingModel):
         step = self.negatives.embed(self.encoder, batch)
         if isinstance(self.loss, NestedLoss):
             # A nested loss (Matryoshka) scores one set of embeddings at several prefix sizes: embed once.
+            scale = self.loss.gradient_scale(self.encoder.out_dim)
+            if scale is not None:
+                scale = scale.to(step.out.query)
+                step.out = replace(step.out, query=scale_gradient(step.out.query, scale),
+                                   candidates=scale_gradient(step.out.candidates, scale))
             loss = self.loss.nested(lambda dim: self.negatives.score(self.scorer, batch, step, dim),
                                     self.encoder.out_dim)
         else:

@@ -37,6 +37,7 @@ from recsys.encoders import (
     LowRank,
     MatrixFactorization,
     Matryoshka,
+    PrincipalAxes,
     ProductQuantization,
     Recformer,
     SASRec,
@@ -85,6 +86,7 @@ WRAPPERS = {
     "residual_quantization": lambda e: ProductQuantization(e, subspaces=2, codewords=4, kind="residual"),
     "simplex": lambda e: StationarySimplex(e),
     "basis_transformation": lambda e: BasisTransformation(e, old_dim=4),
+    "principal_axes": lambda e: PrincipalAxes(e),
 }
 
 

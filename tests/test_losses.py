@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recsys.capabilities import NestedLoss
-from recsys.losses import BCELoss, BPRLoss, MatryoshkaLoss, SoftmaxLoss, default_prefix_dims
+from recsys.losses import BCELoss, BPRLoss, MatryoshkaLoss, SoftmaxLoss, default_prefix_dims, scale_gradient
 
 LN3 = math.log(3.0)
 
@@ -77,3 +77,45 @@ def test_matryoshka_refuses_bad_prefixes():
         MatryoshkaLoss(dims=[2, 4], weights=[1.0])
     with pytest.raises(ValueError, match="exceeds"):
         MatryoshkaLoss(dims=[2, 16]).prefix_dims(8)
+
+
+def test_balance_divides_each_coordinate_by_the_weight_of_its_prefixes():
+    loss = MatryoshkaLoss(dims=[2, 4, 8], weights=[0.5, 1.0, 2.0], balance=True)
+    # Coordinates 0-1 sit in all three prefixes (3.5), 2-3 in the last two (3.0), 4-7 in the last (2.0).
+    torch.testing.assert_close(loss.gradient_scale(8), 1 / torch.tensor([3.5, 3.5, 3.0, 3.0, 2.0, 2.0, 2.0, 2.0]))
+    assert MatryoshkaLoss(dims=[2, 4]).gradient_scale(4) is None
+    # Coordinates past the last prefix get no loss gradient: their factor is left at 1.
+    torch.testing.assert_close(MatryoshkaLoss(dims=[2], balance=True).gradient_scale(4),
+                               torch.tensor([1.0, 1.0, 1.0, 1.0]))
+
+
+def test_scale_gradient_is_the_identity_forward_and_scales_backward():
+    x = torch.randn(3, 4, requires_grad=True)
+    scale = torch.tensor([1.0, 0.5, 0.25, 2.0])
+    y = scale_gradient(x, scale)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, scale.expand(3, 4))
+
+
+def test_recmodel_training_step_applies_the_balanced_gradient():
+    """One step of a nested MF: balanced, every embedding gradient is the unbalanced one times its coordinate's
+    factor (the loss value is unchanged)."""
+    from recsys.data.batch import Batch
+    from recsys.encoders import MatrixFactorization
+    from recsys.model import RecModel
+    from recsys.testing import checkerboard
+
+    grads, losses = [], []
+    for balance in (False, True):
+        torch.manual_seed(0)
+        model = RecModel(MatrixFactorization(dim=4), loss=MatryoshkaLoss(dims=[2, 4], balance=balance))
+        model.bind(checkerboard(n_users=8, n_items=6))
+        model.log = lambda *a, **k: None  # no trainer attached
+        batch = Batch(torch.arange(4), torch.tensor([[0, 1], [2, 3], [4, 5], [1, 0]]))
+        loss = model.training_step(batch, 0)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(model.encoder.item.table.weight.grad.clone())
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[1], grads[0] * torch.tensor([0.5, 0.5, 1.0, 1.0]))

@@ -5,9 +5,9 @@ embedding. Under Adam's coupled L2 (``torch.optim.Adam(weight_decay=...)``) the 
 that fits the data go to zero (the decay is part of the gradient Adam normalises, so once their ranking gradient
 is small it shrinks them by ``lr`` a step whatever their size): the model then serves one small prefix at every size.
 These known-answer tests train a tiny Matryoshka MF on the checkerboard (two groups: a 2-dim prefix already fits it)
-and check that the shipped ``mf_matryoshka`` optimizer and prefix weights keep the tail (coordinates 3..16) at
-the head's scale, that
-coupled L2 kills it, and that training logs the validation headline at each prefix.
+and check that decoupled decay with weights 0.1/0.1/0.1/1 keeps the tail (coordinates 3..16) at the head's scale,
+that coupled L2 kills it, that the shipped ``mf_matryoshka`` (plain BPR, prefixes from ``PrincipalAxes``) orders
+its coordinates by spread with every full-width score unchanged, and that training logs the headline at each prefix.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from recsys.data.datamodule import Loader
-from recsys.encoders import MatrixFactorization, Matryoshka
-from recsys.losses import MatryoshkaLoss
+from recsys.encoders import MatrixFactorization, Matryoshka, PrincipalAxes
+from recsys.losses import BPRLoss, MatryoshkaLoss
 from recsys.model import RecModel
 from recsys.packaged_configs import resolve_config
 from recsys.testing import checkerboard
@@ -33,11 +33,6 @@ EPOCHS = 20
 TINY_LR = 0.05
 
 
-def shipped_weights() -> list[float]:
-    """``mf_matryoshka.yaml``'s per-prefix loss weights."""
-    return yaml.safe_load(open(resolve_config("mf_matryoshka")))["model"]["init_args"]["loss"]["init_args"]["weights"]
-
-
 def shipped_optimizer():
     """``mf_matryoshka.yaml``'s optimizer (class and options) at the tiny data's learning rate."""
     spec = yaml.safe_load(open(resolve_config("mf_matryoshka")))["model"]["init_args"]["optimizer"]
@@ -47,11 +42,12 @@ def shipped_optimizer():
     return functools.partial(getattr(importlib.import_module(module), name), **kwargs)
 
 
-def train(optimizer, weights=None, validate: bool = False):
-    """A Matryoshka MF-16 trained with the nested BPR loss on the checkerboard; returns (model, trainer)."""
+def train(optimizer, weights=None, validate: bool = False, nested: bool = True, principal: bool = False):
+    """A Matryoshka MF-16 trained on the checkerboard (nested BPR loss, or plain BPR); returns (model, trainer)."""
     torch.manual_seed(0)
-    model = RecModel(Matryoshka(MatrixFactorization(dim=DIM, init="normal", init_std=0.1)),
-                     loss=MatryoshkaLoss(weights=weights),
+    inner = MatrixFactorization(dim=DIM, init="normal", init_std=0.1)
+    model = RecModel(Matryoshka(PrincipalAxes(inner) if principal else inner),
+                     loss=MatryoshkaLoss(weights=weights) if nested else BPRLoss(),
                      optimizer=optimizer)
     trainer = fit_tiny(model, checkerboard(n_users=60, n_items=30), Loader(batch_size=64, num_negatives=4),
                        max_epochs=EPOCHS, validate=validate)
@@ -68,13 +64,24 @@ def head_tail_rms(model) -> tuple[float, float]:
     return w[:, :2].pow(2).mean().sqrt().item(), w[:, 2:].pow(2).mean().sqrt().item()
 
 
+def shipped_encoder_classes() -> list[str]:
+    """The encoder class paths of ``mf_matryoshka.yaml``, outermost first."""
+    spec, out = yaml.safe_load(open(resolve_config("mf_matryoshka")))["model"]["init_args"]["encoder"], []
+    while spec:
+        out.append(spec["class_path"])
+        spec = spec.get("init_args", {}).get("encoder")
+    return out
+
+
 @pytest.fixture(scope="module")
 def shipped():
-    return train(shipped_optimizer(), shipped_weights(), validate=True)
+    assert shipped_encoder_classes() == ["recsys.encoders.Matryoshka", "recsys.encoders.PrincipalAxes",
+                                         "recsys.encoders.MatrixFactorization"]
+    return train(shipped_optimizer(), nested=False, principal=True, validate=True)
 
 
-def test_shipped_optimizer_keeps_the_tail_alive(shipped):
-    model, _ = shipped
+def test_decoupled_decay_keeps_the_nested_tail_alive():
+    model, _ = train(functools.partial(torch.optim.AdamW, lr=TINY_LR, weight_decay=1e-5), [0.1, 0.1, 0.1, 1.0])
     head, tail = head_tail_rms(model)
     # Known answer: with no gradient-normalised decay the tail keeps (and grows from) its init scale 0.1, within a
     # small factor of the head's; collapsed, it is two orders below (next test).
@@ -89,11 +96,24 @@ def test_coupled_adam_l2_collapses_the_tail():
     assert tail < 0.1 * head, (head, tail)
 
 
+def test_shipped_prefixes_are_principal_axes(shipped):
+    model, _ = shipped
+    model.eval()
+    axes = model.encoder.encoder
+    items = axes.inner_item_table()
+    rotated = items @ axes.rotation
+    # Known answer: the rotation is orthogonal (full-width scores unchanged) and the rotated coordinates' second
+    # moments decrease, so every prefix holds the most of the catalogue's spread a projection of its size can.
+    torch.testing.assert_close(axes.rotation.T @ axes.rotation, torch.eye(DIM), atol=1e-5, rtol=0)
+    spread = rotated.pow(2).sum(0)
+    assert bool((spread[:-1] >= spread[1:] - 1e-5).all()), spread
+    torch.testing.assert_close((rotated @ rotated.T), items @ items.T, atol=1e-4, rtol=1e-4)
+
+
 def test_per_prefix_validation_metrics_are_logged(shipped):
     model, trainer = shipped
     logged = trainer.callback_metrics
-    dims = model.loss.prefix_dims(DIM)
-    assert dims == [2, 4, 8, 16]
+    dims = [2, 4, 8, 16]
     for d in dims:
         assert f"valid/ndcg@20_d{d}" in logged, sorted(logged)
     # The full prefix is the headline itself; a smaller one is ranked at its own width (all solve the checkerboard).

@@ -32,6 +32,7 @@ from recsys.encoders import (
     LowRank,
     MatrixFactorization,
     Matryoshka,
+    PrincipalAxes,
     ProductQuantization,
     StationarySimplex,
 )
@@ -68,6 +69,7 @@ def _basis(inner):
 #: module -> wrap(inner encoder of width 8 or 16) -> the module's encoder.
 MODULES = {
     "Matryoshka": lambda e: Matryoshka(e, dim=e.out_dim // 2),
+    "PrincipalAxes": lambda e: Matryoshka(PrincipalAxes(e), dim=e.out_dim // 2),
     "LowRank": lambda e: LowRank(e, dim=16),
     "Maestro": lambda e: LowRank(e, dim=16, group_lasso=1e-3),
     "Binary": lambda e: BinaryCodes(e),
@@ -236,7 +238,9 @@ SMALL = (INNER + "dim", "16")
 
 #: module -> (config, extra fit arguments, the index specs that serve it). "OLD" is the session's MF run.
 SERVED = {
-    "Matryoshka": ("mf_matryoshka.yaml", SMALL, ["prefix:dim=8", "prefix:dim=16,coarse=4,shortlist=12"]),
+    # Matryoshka(PrincipalAxes(MF)): the MF is one level deeper.
+    "Matryoshka": ("mf_matryoshka.yaml", (INNER + "encoder.init_args.dim", "16"),
+                   ["prefix:dim=8", "prefix:dim=16,coarse=4,shortlist=12"]),
     "LowRank": ("mf_lowrank.yaml", (*SMALL, ENC + "dim", "32", ENC + "group_lasso", "0.001"),
                 ["lowrank", "lowrank:rank=1"]),
     "BinaryCodes": ("mf_binary.yaml", (*SMALL, ENC + "bits", "32"),

@@ -54,3 +54,6 @@ from recsys.encoders.compatible import BasisTransformation  # noqa: E402
 from recsys.encoders.simplex import StationarySimplex  # noqa: E402
 
 __all__ += ["BasisTransformation", "StationarySimplex"]
+from recsys.encoders.principal import PrincipalAxes  # noqa: E402
+
+__all__ += ["PrincipalAxes"]

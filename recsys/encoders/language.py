@@ -30,6 +30,7 @@ from recsys.capabilities import EmbedsNewItems, FoldsIn, Histories, ScoresAgains
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice, check_size
 from recsys.encoders.graph import Adjacency, LightGCNPropagation, bipartite_adjacency
+from recsys.encoders.matryoshka2d import Layered, check_layers
 from recsys.text.lm import Pooling, Reduction
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,14 @@ class TextFeatures:
         lm_batch_size: texts per LM forward pass.
         lm_dim: reduce LM vectors to this many dimensions (None = keep).
         reduce: ``"pca"`` (fitted on the catalogue) or ``"truncate"``.
+        layer: embed with the LM's first ``layer`` layers (None = all; see :class:`recsys.text.lm.LMEncoder`).
     """
 
     def __init__(self, lm_path: str | None = None, pooling: Pooling = "mean", normalize: bool = True,
                  max_length: int = 128, attributes: Sequence[str] | None = None,
                  max_words_per_attribute: int | None = 32, max_words: int | None = 128, cache_dir: str | None = None,
-                 lm_batch_size: int = 64, lm_dim: int | None = None, reduce: Reduction = "pca") -> None:
+                 lm_batch_size: int = 64, lm_dim: int | None = None, reduce: Reduction = "pca",
+                 layer: int | None = None) -> None:
         check_choice("pooling", pooling, Pooling)
         check_choice("reduce", reduce, Reduction)
         check_size(type(self).__name__, "lm_dim", lm_dim, optional=True)
@@ -74,6 +77,7 @@ class TextFeatures:
         self.attributes = list(attributes) if attributes is not None else None
         self.max_words_per_attribute, self.max_words = max_words_per_attribute, max_words
         self.cache_dir, self.lm_batch_size, self.lm_dim, self.reduce = cache_dir, lm_batch_size, lm_dim, reduce
+        self.layer = layer
         self.service = None
         self.pca: tuple[Tensor, Tensor] | None = None
         self.last_text_s = 0.0
@@ -98,8 +102,18 @@ class TextFeatures:
             from recsys.text.lm import LMEncoder
 
             self.service = LMEncoder(self.lm_path, self.pooling, self.normalize, self.max_length, self.lm_batch_size,
-                                     self.cache_dir)
+                                     self.cache_dir, layer=self.layer)
         return self.service
+
+    def at_layer(self, layer: int) -> TextFeatures:
+        """The same text and LM options, embedding with the LM's first ``layer`` layers."""
+        return TextFeatures(self.lm_path, self.pooling, self.normalize, self.max_length, self.attributes,
+                            self.max_words_per_attribute, self.max_words, self.cache_dir, self.lm_batch_size,
+                            self.lm_dim, self.reduce, layer)
+
+    def depth(self) -> int:
+        """The LM's number of layers (reads its config; loads no weights)."""
+        return self._lm().num_layers
 
     def item_table(self, data) -> Tensor:
         """Frozen LM embeddings of every item of ``data`` (reduced when ``lm_dim`` is set; fits the PCA).
@@ -187,7 +201,7 @@ def make_mapping(in_dim: int, out_dim: int, mapping: MappingKind, hidden_dim: in
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
 
 
-class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedEncoder):
+class AlphaRec(Layered, ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedEncoder):
     """AlphaRec: mapped frozen LM embeddings of users (history means) and items, smoothed by LightGCN propagation.
 
     ``E⁰ = f([mean_{i∈N(u)} z_i ; z_i])`` with ``z_i`` the LM embedding of item i's flattened text and ``f`` the
@@ -217,6 +231,17 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedE
             this is the same loss as ``CosineScorer(τ)`` + ``SoftmaxLoss()``, but normalises the [U + I, dim]
             table once per step instead of the gathered [B, C, dim] candidates (on CPU at 256 negatives, about
             half of a training step).
+        lm_layers: LM depths (each in ``[1, LM layers]``) whose embeddings are also prepared at bind, for 2D
+            Matryoshka training (Li et al., "2D Matryoshka Sentence Embeddings", 2024): with
+            ``negatives: recsys.training.layer_sampling.SampledLayer`` every step adds the loss at one of them
+            (drawn uniformly among those below the LM's depth) to the last layer's, through the same mapping and
+            propagation. Layer ``l``'s item vector is the masked mean of the l-th layer's hidden states (the output
+            of an l-layer truncated LM), normalised as the last layer's; users are their history means as usual.
+            None = the last layer only.
+        serve_layer: the LM depth the model embeds from outside 2D training steps (validation, evaluation,
+            scoring, new items, fold-in; also plain training steps); None = all layers. Any layer in
+            ``lm_layers`` can be served without refitting: ``recsys fit --transfer-from RUN --trainer.max_epochs 0
+            --model.init_args.encoder.init_args.serve_layer L``.
 
     Shapes:
         batch.users: [B]; batch.items: [B, C] -> (query [B, dim], items [B, C, dim])
@@ -227,8 +252,14 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedE
                  max_length: int = 128, attributes: list[str] | None = None,
                  max_words_per_attribute: int | None = 32, max_words: int | None = 128, cache_dir: str | None = None,
                  lm_batch_size: int = 64, lm_dim: int | None = None, reduce: Reduction = "pca",
-                 cold_neighbors: int = 0, normalize_output: bool = False) -> None:
+                 cold_neighbors: int = 0, normalize_output: bool = False, lm_layers: list[int] | None = None,
+                 serve_layer: int | None = None) -> None:
         super().__init__()
+        self.lm_layers = check_layers(type(self).__name__, lm_layers, serve_layer)
+        self.serve_layer = serve_layer
+        self._depth = 0
+        # Frozen LM text per prepared shallower layer (the last layer is `self.text`), filled at bind.
+        self.layer_text: dict[int, TextFeatures] = {}
         check_choice("mapping", mapping, MappingKind)
         check_size(type(self).__name__, "dim", dim)
         check_size(type(self).__name__, "hidden_dim", hidden_dim, optional=True)
@@ -251,6 +282,7 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedE
         users = history_mean(data.train, items)
         # Users then items: the node order of the adjacency, so propagation needs no concatenation per step.
         self.register_buffer("lm_nodes", torch.cat([users, items]), persistent=False)
+        self._bind_layers(data)
         if self.mapping is None:
             self.mapping = make_mapping(items.shape[1], self.out_dim, self.mapping_kind, self.hidden_dim)
         self.adj = bipartite_adjacency(data.train, "sym", self_loops=False)
@@ -260,6 +292,50 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedE
         if self.cold_neighbors > 0 and 0 < len(cold) < len(degree):
             self.cold_rows = torch.from_numpy(cold + self.n_users)
             self.cold_knn = self._text_neighbors(items[torch.from_numpy(cold)], items, degree > 0)
+
+    def _bind_layers(self, data) -> None:
+        """Prepare the LM node table of every shallower layer in ``lm_layers`` and ``serve_layer``."""
+        self._depth = self.text.depth()
+        check_layers(type(self).__name__, self.lm_layers, self.serve_layer, self._depth)
+        dev = self.lm_nodes.device
+        self.layer_text = {}
+        for layer in sorted(set(self.lm_layers) | {self.serve_layer or self._depth}):
+            if layer == self._depth:
+                continue
+            text = self.text.at_layer(layer)
+            items = text.item_table(data)
+            # Non-persistent, like the last layer's table: recomputed (from the LM cache) at every bind.
+            self.register_buffer(f"lm_nodes_l{layer}", torch.cat([history_mean(data.train, items), items]).to(dev),
+                                 persistent=False)
+            self.layer_text[layer] = text
+
+    # 2D Matryoshka (Layered): which LM depth the tables are mapped from.
+    def depth(self) -> int:
+        return self._depth
+
+    def train_layers(self) -> list[int]:
+        return [layer for layer in self.lm_layers if layer < self._depth]
+
+    def set_serve_layer(self, layer: int | None) -> None:
+        if layer is not None and layer != self._depth and layer not in self.layer_text:
+            from recsys.errors import UsageError
+
+            raise UsageError(f"AlphaRec serve_layer {layer} was not prepared at bind: add it to lm_layers "
+                             f"(prepared: {sorted(self.layer_text)} and {self._depth})")
+        super().set_serve_layer(layer)
+
+    def _lm_table(self) -> Tensor:
+        """The frozen LM vectors of every node at the current layer, users then items.
+
+        Shapes:
+            -> [U + I, H]
+        """
+        layer = self.layer()
+        return self.lm_nodes if layer == self._depth else getattr(self, f"lm_nodes_l{layer}")
+
+    def _text(self) -> TextFeatures:
+        layer = self.layer()
+        return self.text if layer == self._depth else self.layer_text[layer]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Runs fitted before the official width rule stored hidden_dim null meaning 4 × the LM size: such a
@@ -298,7 +374,7 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedE
         Shapes:
             -> [U + I, dim]
         """
-        x = self.mapping(self.lm_nodes)
+        x = self.mapping(self._lm_table())
         out = self.propagation(self.adj, x)
         if self.cold_rows is not None:
             # Edgeless items: own layer 0 plus the mean graph part (all layers ≥ 1) of their text neighbours.
@@ -356,8 +432,9 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedE
         """
         dev = self.lm_nodes.device
         m = histories.matrix()
-        x = self.mapping(self.lm_nodes)
-        users = self.mapping(history_mean(m, self.lm_nodes[self.n_users:].cpu()).to(dev))
+        lm = self._lm_table()
+        x = self.mapping(lm)
+        users = self.mapping(history_mean(m, lm[self.n_users:].cpu()).to(dev))
         out = self.propagation.alpha[0] * users
         item_degree = self.adj.crow.diff()[self.n_users:].double().cpu().numpy()
         hist_degree = np.diff(m.indptr).astype(np.float64)
@@ -380,14 +457,15 @@ class AlphaRec(ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, TwoSidedE
         Shapes:
             table: N rows (the training side table's attributes) -> [N, dim]
         """
-        z = self.text.embed(self.text.texts(table)).to(self.lm_nodes.device)
+        text, lm = self._text(), self._lm_table()
+        z = text.embed(text.texts(table)).to(self.lm_nodes.device)
         x = self.mapping(z)
         out = self.propagation.alpha[0] * x
         if self.cold_neighbors > 0:
-            nodes = self.propagation(self.adj, self.mapping(self.lm_nodes))
-            graph_part = nodes - self.propagation.alpha[0] * self.mapping(self.lm_nodes)
+            nodes = self.propagation(self.adj, self.mapping(lm))
+            graph_part = nodes - self.propagation.alpha[0] * self.mapping(lm)
             warm = (self.adj.crow.diff()[self.n_users:] > 0).cpu().numpy()
-            knn = self._text_neighbors(z, self.lm_nodes[self.n_users:], warm)
+            knn = self._text_neighbors(z, lm[self.n_users:], warm)
             out = out + graph_part[knn.reshape(-1)].view(*knn.shape, -1).mean(1)
         return F.normalize(out, dim=-1) if self.normalize_output else out
 

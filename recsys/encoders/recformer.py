@@ -43,6 +43,7 @@ from recsys.capabilities import EpochAware, FoldsIn, Histories, Transfers
 from recsys.data.batch import Batch
 from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice, check_strategy
+from recsys.encoders.matryoshka2d import Layered, check_layers
 from recsys.text.recformer_tokens import (
     TYPE_KEY,
     TYPE_VALUE,
@@ -178,7 +179,8 @@ class MLMHead(nn.Module):
 
 
 class RecformerBackbone(nn.Module):
-    """Recformer embeddings + ``transformers.LongformerEncoder``; returns the last hidden states.
+    """Recformer embeddings + ``transformers.LongformerEncoder``; returns the last hidden states (or those of layer
+    ``layers``, running only the first ``layers`` layers).
 
     Args:
         config: a ``transformers.LongformerConfig`` (its ``attention_window`` is one value per layer).
@@ -201,7 +203,7 @@ class RecformerBackbone(nn.Module):
                                               config.hidden_dropout_prob, config.layer_norm_eps, config.pad_token_id)
         self.encoder = LongformerEncoder(config)
 
-    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
+    def forward(self, inputs: dict[str, Tensor], layers: int | None = None) -> Tensor:
         ids, types, item_pos = inputs["input_ids"], inputs["token_type_ids"], inputs["item_position_ids"]
         mask, glob = inputs["attention_mask"], inputs["global_attention_mask"]
         pad = (-ids.shape[1]) % self.window  # Longformer's sliding chunks need a multiple of the window
@@ -215,7 +217,16 @@ class RecformerBackbone(nn.Module):
         # LongformerEncoder reads the sign only: < 0 no attention, 0 local, > 0 global.
         ext = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
         ext = ext.masked_fill(mask == 0, -10000.0).masked_fill((glob > 0) & (mask > 0), 10000.0)
-        return self.encoder(x, attention_mask=ext, padding_len=pad, return_dict=True).last_hidden_state
+        if layers is None or layers >= len(self.encoder.layer):
+            return self.encoder(x, attention_mask=ext, padding_len=pad, return_dict=True).last_hidden_state
+        # The first `layers` layers only (2D Matryoshka serving): LongformerEncoder.forward's loop, cut short, so
+        # a shallow embedding costs only its layers.
+        masked, glob_attn = ext < 0, ext > 0
+        is_global = bool(glob_attn.flatten().any().item())
+        for layer in self.encoder.layer[:layers]:
+            x = layer(x, attention_mask=ext, is_index_masked=masked, is_index_global_attn=glob_attn,
+                      is_global_attn=is_global)[0]
+        return x[:, :x.shape[1] - pad]
 
 
 def _longformer_config(vocab_size: int, pad_id: int, hidden: int, layers: int, heads: int, intermediate: int,
@@ -289,7 +300,7 @@ def bert_to_longformer(weights: dict[str, Tensor], num_layers: int) -> dict[str,
     return out
 
 
-class Recformer(EpochAware, FoldsIn, Transfers, TwoSidedEncoder):
+class Recformer(Layered, EpochAware, FoldsIn, Transfers, TwoSidedEncoder):
     """Recformer: one Longformer embeds item texts and reversed item-text sequences (``<s>`` pooling).
 
     Li et al., "Text Is All You Need: Learning Language Representations for Sequential Recommendation", KDD 2023.
@@ -327,6 +338,15 @@ class Recformer(EpochAware, FoldsIn, Transfers, TwoSidedEncoder):
             official mean weighs ``<s>`` twice through its merged global-attention mask). Mean suits checkpoints
             trained with mean pooling such as all-MiniLM-L6-v2, whose ``<s>`` states start nearly identical
             (item-item cosine ≈ 0.997 after its first 2 layers on MovieLens titles).
+        lm_layers: Longformer depths (each in ``[1, backbone layers]``) trained as well as the last, for 2D
+            Matryoshka (Li et al., "2D Matryoshka Sentence Embeddings", 2024): with ``negatives:
+            recsys.training.layer_sampling.SampledLayer`` every step adds the loss of the same batch embedded by the
+            first ``l`` layers (``l`` drawn uniformly among those below the depth; pooled as the last layer is).
+            Under :class:`EpochTable` each of them gets its own item table, re-encoded with the stored one.
+        serve_layer: the depth queries and items are embedded with outside 2D training steps (None = all layers);
+            the stored item table is encoded at this depth. Serve another depth of a run without refitting:
+            ``recsys fit --transfer-from RUN --trainer.max_epochs 0 --model.init_args.encoder.init_args.serve_layer
+            L`` (the stored item table is then encoded at that depth).
 
     Shapes:
         batch.history: [B, L] -> query [B, H]; items [...] -> [..., H]
@@ -336,8 +356,10 @@ class Recformer(EpochAware, FoldsIn, Transfers, TwoSidedEncoder):
                  item_table: ItemTableMode = TrainableTable(), mlm_probability: float = 0.15,
                  mlm_weight: float = 0.0, init_from: str | None = None, tokenizer: str | None = None,
                  encode_batch_size: int = 128, cache_dir: str | None = None, freeze_word_embeddings: bool = False,
-                 pooling: RecformerPooling = "cls", whole_word_mask: bool = True) -> None:
+                 pooling: RecformerPooling = "cls", whole_word_mask: bool = True, lm_layers: list[int] | None = None,
+                 serve_layer: int | None = None) -> None:
         super().__init__()
+        check_layers(type(self).__name__, lm_layers, serve_layer)
         self.whole_word_mask = whole_word_mask
         check_choice("pooling", pooling, RecformerPooling)
         self.pooling = pooling
@@ -363,6 +385,10 @@ class Recformer(EpochAware, FoldsIn, Transfers, TwoSidedEncoder):
                                             self.options)
         self.backbone, self.mlm_head = self._build(model_dir, backbone or Backbone())
         self.out_dim = self.backbone.config.hidden_size
+        self.lm_layers = check_layers(type(self).__name__, lm_layers, serve_layer, self.depth())
+        self.serve_layer = serve_layer
+        # Item tables of the trained shallower depths (no gradients, not stored), keyed by depth.
+        self._layer_tables: dict[int, Tensor] = {}
         self.backbone.embeddings.word_embeddings.weight.requires_grad_(not freeze_word_embeddings)
         self.register_buffer("continues_word", self.tokenizer.continues_word(), persistent=False)
 
@@ -507,8 +533,26 @@ class Recformer(EpochAware, FoldsIn, Transfers, TwoSidedEncoder):
         return item_inputs(self._tokens(), items, self.tokenizer.bos_id, self.tokenizer.pad_id,
                            self.options.max_token_num)
 
+    # 2D Matryoshka (Layered): which depth of the backbone embeds.
+    def depth(self) -> int:
+        return self.backbone.config.num_hidden_layers
+
+    def train_layers(self) -> list[int]:
+        return [layer for layer in self.lm_layers if layer < self.depth()]
+
+    def set_serve_layer(self, layer: int | None) -> None:
+        super().set_serve_layer(layer)
+        # The stored table belongs to the served depth: encode it again at the new one (once bound).
+        if "item_cache_filled" in self._buffers:
+            self.item_cache_filled.fill_(False)
+        self._layer_tables, self._eval_table = {}, None
+
+    def _table_layer(self) -> int:
+        """The depth the stored item table (``item_cache``) is encoded at."""
+        return self.serve_layer or self.depth()
+
     def _pooled(self, inputs: dict[str, Tensor]) -> Tensor:
-        hidden = self.backbone(inputs)
+        hidden = self.backbone(inputs, self.layer())
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = inputs["attention_mask"][:, :, None].to(hidden.dtype)
@@ -583,7 +627,7 @@ class Recformer(EpochAware, FoldsIn, Transfers, TwoSidedEncoder):
         Shapes:
             -> [n_items, H]
         """
-        key = self._weights_key()
+        key = (self._weights_key(), self.layer())
         dev = self.item_cache.device
         if self._eval_table is None or self._eval_table[0] != key or self._eval_table[1].device != dev:
             self._eval_table = (key, self.encode_all_items())
@@ -597,12 +641,25 @@ class Recformer(EpochAware, FoldsIn, Transfers, TwoSidedEncoder):
         """
         if not bool(self.item_cache_filled):
             self.refresh_item_cache()
-        return self.item_cache
+        layer = self.layer()
+        if layer == self._table_layer():
+            return self.item_cache
+        if layer not in self._layer_tables:
+            # A depth trained by 2D steps (or served) besides the stored one: encoded once per refresh.
+            self._layer_tables[layer] = self.encode_all_items()
+        return self._layer_tables[layer]
 
     @torch.no_grad()
     def refresh_item_cache(self) -> None:
-        """Re-encode the stored item table with the current weights."""
-        self.item_cache.copy_(self.encode_all_items())
+        """Re-encode the stored item table (and the tables of the trained shallower depths) with the current
+        weights."""
+        with self.at_layer(self._table_layer()):
+            self.item_cache.copy_(self.encode_all_items())
+        self._layer_tables = {}
+        for layer in self.train_layers():
+            if layer != self._table_layer():
+                with self.at_layer(layer):
+                    self._layer_tables[layer] = self.encode_all_items()
         self.item_cache_filled.fill_(True)
         self._epoch_key = self._weights_key()
 
@@ -624,7 +681,7 @@ class Recformer(EpochAware, FoldsIn, Transfers, TwoSidedEncoder):
         embeddings see clean inputs. Whole words are masked (``whole_word_mask``, the official collator's), else
         single tokens.
         """
-        if not self.training or self.mlm_weight <= 0:
+        if not self.training or self.mlm_weight <= 0 or self.in_shallow_step():
             return {}
         loss = self._mlm(self.query_inputs(batch.history)) if batch.history is not None else None
         if batch.items is not None:

@@ -10,7 +10,8 @@ L2-normalised).
 The cache makes repeated fits free: embeddings are stored under ``cache_dir/<model key>/`` in shards of
 ``(sha1(text), vector)``, where the model key hashes the resolved model's identity (directory, package or hub ID and
 revision), its files (content of small files, size, mtime and head/tail bytes of weight files) and the encoding
-options (pooling, normalisation, max length). A request encodes only the texts missing from the cache and appends
+options (pooling, normalisation, max length; the layer count when a truncated model embeds, see ``LMEncoder``'s
+``layer``). A request encodes only the texts missing from the cache and appends
 them as a new shard, so partial hits cost only the new texts, and any change of text or model is a miss.
 
 transformers is imported only when something has to be encoded: a fully cached request never loads it.
@@ -334,6 +335,10 @@ class LMEncoder:
         device: where the LM runs (default: CUDA when available, else CPU).
         progress: report encoding progress (a bar on a terminal, periodic log lines otherwise; see
             :mod:`recsys.progress`).
+        layer: embed with the first ``layer`` transformer layers only (a truncated model: the later layers are
+            never run), pooling layer ``layer``'s hidden states exactly as the last layer's are pooled; None or the
+            model's depth = all layers. Each layer has its own cache key (2D Matryoshka serving, Li et al., "2D
+            Matryoshka Sentence Embeddings", 2024).
 
     Shapes:
         encode: N texts -> [N, hidden] float32
@@ -341,11 +346,16 @@ class LMEncoder:
 
     def __init__(self, path: str | None = None, pooling: Pooling = "mean", normalize: bool = True,
                  max_length: int = 128, batch_size: int = 64, cache_dir: str | None = None, use_cache: bool = True,
-                 device: str | None = None, progress: bool = True) -> None:
+                 device: str | None = None, progress: bool = True, layer: int | None = None) -> None:
         if pooling not in get_args(Pooling):  # recsys.encoders.choices is a layer above this one
             raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
         source = resolve_model(path)
         self.model_dir, self.identity = source.directory, source.identity
+        depth = self.num_layers
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= depth):
+            raise ValueError(f"layer must be in [1, {depth}] (the LM's layers), got {layer!r}")
+        # The full depth is the plain model: it keeps the plain model's cache key (and cached vectors).
+        self.layer = None if layer == depth else layer
         if source.st_pooling is not None and source.st_pooling != pooling:
             log.warning("LM %s was trained with %s pooling (its sentence-transformers config) but pooling=%r is set",
                         source.identity, source.st_pooling, pooling)
@@ -353,15 +363,18 @@ class LMEncoder:
         self.batch_size, self.use_cache, self.progress = batch_size, use_cache, progress
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.key = model_fingerprint(self.model_dir, {"pooling": pooling, "normalize": normalize,
-                                                      "max_length": max_length}, self.identity)
+        options = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
+        if self.layer is not None:
+            options["layer"] = self.layer
+        self.key = model_fingerprint(self.model_dir, options, self.identity)
         self.cache = EmbeddingCache(self.cache_root / self.key)
         self._model = self._tokenizer = None
         #: texts encoded / served from the cache by the last ``encode`` call, and its encoding seconds.
         self.last = {"encoded": 0, "cached": 0, "encode_s": 0.0}
 
     def __repr__(self) -> str:
-        return f"LMEncoder({self.identity!r}, pooling={self.pooling!r}, key={self.key})"
+        layer = "" if self.layer is None else f", layer={self.layer}"
+        return f"LMEncoder({self.identity!r}, pooling={self.pooling!r}{layer}, key={self.key})"
 
     def _load(self) -> None:
         if self._model is not None:
@@ -375,7 +388,9 @@ class LMEncoder:
         hf_logging.disable_progress_bar()
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-            self._model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
+            # A truncated model: only the first `layer` layers are built and run (what serving from l layers costs).
+            extra = {} if self.layer is None else {"num_hidden_layers": self.layer}
+            self._model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True, **extra)
         finally:
             hf_logging.set_verbosity(verbosity)
             if bars:
@@ -388,6 +403,12 @@ class LMEncoder:
         """The pooled vector size (reads the config; loads nothing)."""
         cfg = json.loads((self.model_dir / "config.json").read_text())
         return int(cfg.get("hidden_size") or cfg.get("d_model") or cfg["dim"])
+
+    @property
+    def num_layers(self) -> int:
+        """The model's transformer depth (reads the config; loads nothing)."""
+        cfg = json.loads((self.model_dir / "config.json").read_text())
+        return int(cfg.get("num_hidden_layers") or cfg.get("n_layers") or cfg.get("num_layers"))
 
     @torch.inference_mode()
     def _run(self, texts: list[str]) -> np.ndarray:

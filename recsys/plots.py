@@ -9,6 +9,7 @@ bytes per item (the Pareto and factorization studies in ``scripts/``).
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -266,7 +267,8 @@ def plot_metric_bars(names: Sequence[str], metrics: Sequence[str], mean: np.ndar
 
 def plot_tradeoff(panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]]]], out: str | Path, *,
                   xlabel: str, ylabel: str, log_base: float | None = 10, panel_size: tuple[float, float] = (5.5, 4),
-                  legend_fontsize: float | None = None, dpi: int = 120) -> Path:
+                  legend_fontsize: float | None = None, dpi: int = 120, front: str | None = None,
+                  legend_outside: bool = False) -> Path:
     """Quality against a cost (parameters, bytes per item, dimensions): one panel per key, one line per series.
 
     Points of a series are joined in order of cost, so a series traces its model family's trade-off curve (a
@@ -281,22 +283,31 @@ def plot_tradeoff(panels: Mapping[str, Mapping[str, Sequence[tuple[float, float]
         panel_size: width and height of one panel, in inches.
         legend_fontsize: legend text size (matplotlib's default when None).
         dpi: resolution of the PNG.
+        front: the label of a series drawn as a dashed black step line under the others (a Pareto front).
+        legend_outside: put the legend right of the axes (many series would hide the points).
     """
     plt = _pyplot()
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(panel_size[0] * max(1, len(panels)), panel_size[1]),
                              squeeze=False)
     for ax, (title, series) in zip(axes[0], panels.items(), strict=False):
+        # More series than colours: the marker cycles on a different period, so no two series look the same.
+        markers = itertools.cycle("osD^v<>pP*Xh")
         for label, pts in series.items():
-            if pts:
+            if pts and label == front:
                 xs, ys = zip(*sorted(pts), strict=True)
-                ax.plot(xs, ys, marker="o", label=label)
+                ax.step(xs, ys, where="post", color="black", linestyle="--", linewidth=1, label=label, zorder=1)
+            elif pts:
+                xs, ys = zip(*sorted(pts), strict=True)
+                ax.plot(xs, ys, marker=next(markers), label=label, zorder=2)
         if log_base is not None:
             ax.set_xscale("log", base=log_base)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
+        if ax.get_legend_handles_labels()[0] and legend_outside:
+            ax.legend(fontsize=legend_fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        elif ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=legend_fontsize)
     fig.tight_layout()
     return _save(fig, out, dpi)

@@ -14,7 +14,7 @@ then scaled to the whole catalogue.
 
 Usage (P1)::
 
-    OMP_NUM_THREADS=1 python scripts/matryoshka_2d.py --run /work/runs21/alpharec2d --out /work/runs21/alpharec2d_table
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/matryoshka_2d.py --run runs/alpharec2d --out runs/alpharec2d_table
 """
 
 from __future__ import annotations

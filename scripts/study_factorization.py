@@ -1,211 +1,308 @@
-"""Study of the factorization wrappers on P1: quality vs dim, vs rank, vs bytes per item, and cross-model retrieval.
+"""Every factorization module on P1: quality against bytes per item (a Pareto plot), and scoring speed at 200k items.
 
-Reads finished runs (train them with the commands in the header of each config; the defaults below are the run
-directories of issue 8's sweep) and evaluates each on the test split:
+One run per module, trained with ``recsys fit`` (the packaged config, P1 data, ``--seed``) unless the run directory
+under ``--runs`` already holds a finished run; each run is then served through the item indexes a user would pick
+(``recsys evaluate --index SPEC``: the same :func:`recsys.metrics.evaluate.evaluate` call) and every point gets
 
-* Matryoshka: the nested model at every prefix ``d/8..d``, against MF trained natively at each size, and
-  coarse-to-fine retrieval (shortlist at ``d/8``, re-rank at ``d``);
-* low-rank: one trained model truncated to several ranks (parameters, bytes per item, ndcg@20);
-* binary codes: float, Hamming-only and Hamming shortlist + float re-rank;
-* latent quantization: ndcg@20 and bytes per item per codebook size;
-* BT² compatibility: old→old, new→new and new→old.
+* ``ndcg@20`` on P1's test split (ml-latest-small, random 80/10/10 per user, seed 2026);
+* bytes per item: what the index holds per item (:meth:`ItemIndex.bytes_per_item`: packed codes, float rows kept
+  for a re-rank, a faiss index's serialized size), shared codebooks and bases not counted;
+* scoring speed on a 200k-item synthetic catalogue: the run's own serving tables with their item rows (float rows,
+  factors, codes alike) resampled to 200k and the float rows jittered by 1% of their spread, the index built on it,
+  and ``index.search`` timed for ``--queries`` of the run's users (P1 has 610), top 100, best of ``--repeats``, one
+  thread (the target machine is one core). The ratio is to float MF-128 ``exact`` on a catalogue of the same size.
 
-Writes ``study.md`` and ``study.json`` plus ``quality_vs_dim.png`` and ``quality_vs_bytes.png`` to ``--out``::
+The modules: MF trained natively at 16-128 dims (float32); Matryoshka (principal-axes prefixes of one MF-128 and
+coarse-to-fine); product and residual quantization fitted after training on MF-128, with and without a float
+re-rank; product quantization trained jointly; low-rank MF truncated to several ranks; Maestro's group lasso
+(discovered rank); DSFormer dense × sparse tables; binary codes (the width's own 128 bits and a 32-bit learned
+projection; Hamming alone, shortlist + float re-rank, faiss's binary index); latent quantization (16 and 4 levels);
+CoReS stationary simplex; BT² (influence loss, and the basis transformation fitted between independently trained
+MF-64 and MF-128) new→new and new→old. Residual quantization at M=16 is left out: at M=8 building it at 200k items
+over 8 minutes here. Writes ``study.md``, ``study.json`` and ``pareto.png`` to ``--out``::
 
-    .venv/bin/python scripts/study_factorization.py --runs runs/f8 --full runs/p1_mf --out runs/f8/study
+    .venv/bin/python scripts/study_factorization.py --runs runs/factorization --out docs/factorization
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from recsys.metrics.evaluate import evaluate
+from recsys.recommender import build_index
 from recsys.runs import Run
-from recsys.scoring.index import HammingSpec, PrefixSpec
+from recsys.scoring.index import ExactSpec, ServingTables, parse_index_spec
 
 METRIC = "ndcg@20"
+P1 = ["--data.dataset", "ml-latest-small", "--data.path", "../shared/datasets/ml-latest-small"]
+ENC = "--model.init_args.encoder.init_args."
 
 
-def ndcg(model, data, **kw) -> float:
-    return evaluate(model, data, "test", (10, 20), **kw)[METRIC]
+@dataclass
+class Point:
+    """One served setting of a run: a series of the plot, a label, the index spec, or a gallery run (new→old)."""
+
+    series: str
+    setting: str
+    index: str = "exact"
+    gallery: str | None = None
 
 
-def load(path: Path):
-    """The fitted model and data of a finished run, or (None, None) when the run is not there."""
-    if Run(path).status == "configured":  # no model.pt (yet)
-        return None, None
-    run = Run.open(path)
-    return run.recommender(), run.data()
+@dataclass
+class Method:
+    """A run to train (``recsys fit --config CONFIG ARGS``) and the points it is served at."""
+
+    run: str
+    config: str
+    args: list[str]
+    points: list[Point]
+    after: str | None = None  # a run this one needs first (BT²'s old model)
+    fit: str = "cli"  # "cli": recsys fit; "basis": BT²'s basis transformation of finished runs (Python API)
+    note: str = ""
+    extra: dict = field(default_factory=dict)
 
 
-def matryoshka(runs: Path, full: Path, rows: list, res: dict, name: str = "mrl128", native: str = "native",
-               label: str = "MF") -> None:
-    model, data = load(runs / name)
-    if model is None:
+def methods() -> list[Method]:
+    mf = [Method(f"mf{d}", "mf_bpr", [ENC + "dim", str(d)], [Point("MF float32 (native dims)", f"dim {d}")])
+          for d in (16, 32, 64)]
+    mf128 = Method("mf128", "mf_bpr", [], [Point("MF float32 (native dims)", "dim 128")] + [
+        Point("PQ after training (ADC)", f"M={m}", f"pq:M={m},K=256") for m in (8, 16, 32)] + [
+        Point("PQ after training + float re-rank 200", "M=8", "pq:M=8,K=256,rerank=200"),
+        Point("RQ after training (ADC)", "M=8", "rq:M=8,K=256"),
+        Point("Sign bits of plain MF (Hamming only)", "128 bits", "hamming:codes_only=true")])
+    return mf + [mf128,
+        Method("matryoshka", "mf_matryoshka", [],
+               [Point("Matryoshka MF-128 (principal-axes prefixes)", f"prefix {d}", f"prefix:dim={d}")
+                for d in (16, 32, 64, 128)]
+               + [Point("Matryoshka coarse-to-fine", "16 → 128, shortlist 200", "prefix:coarse=16,shortlist=200")]),
+        Method("pq_joint", "mf_pq", [], [Point("PQ trained jointly (MF-64, stored codes)", "M=8, K=256",
+                                               "pq:stored=true")]),
+        Method("lowrank", "mf_lowrank", [],
+               [Point("Low-rank MF (ordered dropout, truncated)", f"rank {r}", f"lowrank:rank={r}")
+                for r in (4, 8, 16, 32, 64)]),
+        Method("maestro", "mf_lowrank", [ENC + "group_lasso", "1.0e-3"],
+               [Point("Maestro (group lasso, discovered rank)", "discovered rank", "lowrank")]),
+        Method("dsformer", "mf_dsformer", [], [Point("DSFormer dense × sparse (served as float)", "rank 64 + 16 nnz",
+                                                     "exact")]),
+        Method("binary", "mf_binary", [], [
+            Point("Binary codes 128 bits: Hamming only", "128 bits", "hamming:codes_only=true"),
+            Point("Binary codes: Hamming shortlist 200 + float re-rank", "128 bits", "hamming:shortlist=200"),
+            Point("Binary codes 128 bits: faiss binary index", "faiss:binary", "faiss:binary"),
+            Point("Binary MF float32 (the re-ranker alone)", "float 128", "exact")]),
+        Method("binary32", "mf_binary", [ENC + "bits", "32"], [
+            Point("Binary codes 32 bits (learned projection): Hamming only", "32 bits", "hamming:codes_only=true"),
+            Point("Binary codes: Hamming shortlist 200 + float re-rank", "32 bits", "hamming:shortlist=200")]),
+        Method("quant16", "mf_quantized", [], [Point("Latent quantization (per-dim codebooks)", "16 levels",
+                                                     "quantized")]),
+        Method("quant4", "mf_quantized", [ENC + "levels", "4"],
+               [Point("Latent quantization (per-dim codebooks)", "4 levels", "quantized")]),
+        Method("simplex", "mf_simplex", [], [Point("CoReS stationary simplex MF-128", "float 128", "exact")]),
+        Method("bt2", "mf_compatible", [ENC + "old_run", "{runs}/mf64"], after="mf64", points=[
+            Point("BT² influence loss MF-128", "new→new", "exact"),
+            Point("BT² influence loss MF-128 → old MF-64 gallery", "new→old", gallery="mf64")]),
+        Method("bt2_basis", "", [], after="mf128", fit="basis", points=[
+            Point("BT² basis transformation (MF-128 → MF-64)", "new→new", "exact"),
+            Point("BT² basis transformation → old MF-64 gallery", "new→old", gallery="mf64")]),
+    ]
+
+
+def train(m: Method, runs: Path, seed: int) -> None:
+    """Train ``m``'s run unless it is finished already."""
+    path = runs / m.run
+    if (path / "model.pt").exists():
         return
-    d = model.encoder.out_dim
-    natives = {d: full, **{m: runs / f"{native}{m}" for m in (d // 8, d // 4, d // 2)}}
-    res["matryoshka"] = {"prefix": {}, "native": {}}
-    for m in (d // 8, d // 4, d // 2, d):
-        res["matryoshka"]["prefix"][m] = ndcg(model, data, index=PrefixSpec(dim=m))
-        nat, ndata = load(natives[m])
-        if nat is not None:
-            res["matryoshka"]["native"][m] = ndcg(nat, ndata)
-        rows.append((f"Matryoshka {label}", f"prefix {m}", 4 * m, res["matryoshka"]["prefix"][m]))
-        if m in res["matryoshka"]["native"]:
-            rows.append((f"{label} (native)", f"dim {m}", 4 * m, res["matryoshka"]["native"][m]))
-    c2f = ndcg(model, data, index=PrefixSpec(coarse=d // 8, shortlist=200))
-    res["matryoshka"]["coarse_to_fine"] = {"coarse_dim": d // 8, "shortlist": 200, METRIC: c2f}
-    rows.append((f"Matryoshka {label}", f"coarse {d // 8} → fine {d}, shortlist 200", 4 * d, c2f))
-    p, q = res["matryoshka"]["prefix"], d // 4
-    res["matryoshka"]["acceptance"] = {
-        "ratio_d4_to_d": p[q] / p[d],
-        "d4_within_5pct": p[q] >= 0.95 * p[d],
-        "d4_beats_native_d4": q in res["matryoshka"]["native"] and p[q] > res["matryoshka"]["native"][q]}
+    t = time.perf_counter()
+    if m.fit == "basis":
+        from recsys.upgrades import fit_basis_run
+
+        fit_basis_run(runs / "mf128", runs / "mf64", path)
+    else:
+        recsys = str(Path(sys.executable).with_name("recsys"))
+        args = [a.replace("{runs}", str(runs)) for a in m.args]
+        cmd = [recsys, "fit", "--config", m.config, *P1, "--seed", str(seed), "--run-dir", str(path), *args]
+        print("$", " ".join(cmd), flush=True)
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if done.returncode:
+            raise SystemExit(f"fit of {m.run} failed: {done.stderr.strip().splitlines()[-1]}")
+    print(f"  {m.run}: trained in {time.perf_counter() - t:.0f} s", flush=True)
 
 
-def lowrank(runs: Path, rows: list, res: dict) -> None:
-    model, data = load(runs / "lowrank")
-    if model is None:
-        return
-    enc = model.encoder
-    n_rows = data.n_users + data.n_items
-    res["lowrank"] = {}
-    for r in sorted({1, 2, 4, 8, 16, 32, enc.max_rank}):
-        enc.set_rank(r)
-        score = ndcg(model, data)
-        res["lowrank"][r] = {"params": enc.parameter_count(r, n_rows), "bytes_per_item": enc.bytes_per_item(),
-                             METRIC: score}
-        rows.append(("Low-rank MF (one model, truncated)", f"rank {r}", enc.bytes_per_item(), score))
-    enc.set_rank(None)
+def resampled(tables: ServingTables, n: int, seed: int) -> ServingTables:
+    """``tables`` with their item rows drawn (with replacement) to ``n`` rows, float rows jittered by 1% of spread.
 
-
-def binary(runs: Path, rows: list, res: dict) -> None:
-    model, data = load(runs / "binary")
-    if model is None:
-        return
-    d = model.encoder.out_dim
-    res["binary"] = {"float": ndcg(model, data), "hamming_only": ndcg(model, data, index=HammingSpec(codes_only=True)),
-                     "bytes_per_item_float": 4 * d, "bytes_per_item_codes": d / 8}
-    for m in (100, 200, 500):
-        res["binary"][f"hamming_shortlist_{m}_rerank"] = ndcg(model, data, index=HammingSpec(shortlist=m))
-    rows.append(("Binary MF", "float (re-ranker)", 4 * d, res["binary"]["float"]))
-    rows.append(("Binary MF", f"{d}-bit codes, Hamming only", d / 8, res["binary"]["hamming_only"]))
-    rows.append(("Binary MF", "Hamming shortlist 200 + float re-rank", d / 8,
-                 res["binary"]["hamming_shortlist_200_rerank"]))
-
-
-def quantized(runs: Path, rows: list, res: dict) -> None:
-    res["quantized"] = {}
-    for levels in (2, 4, 16):
-        model, data = load(runs / f"quant{levels}")
-        if model is None:
+    Shapes:
+        items: [N, D] -> [n, D] (and item_factors, codes, pq_codes alike)
+    """
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(tables.items.shape[0], (n,), generator=g)
+    out = {}
+    for name in ("items", "item_factors", "codes", "pq_codes"):
+        v = getattr(tables, name)
+        if v is None:
             continue
-        b = model.encoder.bytes_per_item()
-        res["quantized"][levels] = {"bytes_per_item": b, METRIC: ndcg(model, data)}
-        rows.append(("Quantized MF (items)", f"{levels} levels/dim", b, res["quantized"][levels][METRIC]))
+        v = v[rows]
+        if v.is_floating_point():
+            v = v + 0.01 * v.std() * torch.randn(v.shape, generator=g, dtype=v.dtype)
+        out[name] = v
+    return dataclasses.replace(tables, **out)
 
 
-def compatible(runs: Path, rows: list, res: dict, name: str = "compat", old_name: str = "native64") -> None:
-    old, data = load(runs / old_name)
-    new, ndata = load(runs / name)
-    if old is None or new is None:
-        return
-    # The old run's stored item table is the gallery (the same split: same dataset and seed, same item rows).
-    gallery = Run.open(runs / old_name).item_table_for(ndata.item_vocab)
-    res["compatibility"] = {"old_to_old": ndcg(old, data), "new_to_new": ndcg(new, ndata),
-                            "new_to_old": ndcg(new, ndata, gallery=gallery)}
-    c = res["compatibility"]
-    c["new_to_old_ge_old_to_old"] = c["new_to_old"] >= c["old_to_old"]
-    for k in ("old_to_old", "new_to_new", "new_to_old"):
-        rows.append(("BT² compatibility", k.replace("_to_", "→"), None, c[k]))
+def timed_search(index, queries: torch.Tensor, k: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        index.search(queries, k)
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
-def plots(res: dict, out: Path) -> None:
-    """``quality_vs_dim.png`` (Matryoshka prefixes against native MF) and ``quality_vs_bytes.png`` (every module)."""
+def serve(m: Method, runs: Path, a, done: dict, log: Path) -> list[dict]:
+    """Every point of ``m``: quality on P1, bytes per item, and search time on the 200k-item catalogue.
+
+    Points in ``done`` (keyed by run and index, read from ``log``) are reused; each new one is appended to ``log``.
+    """
+    todo = [p for p in m.points if (m.run, p.index if not p.gallery else f"gallery {p.gallery}") not in done]
+    if not todo:
+        return [done[(m.run, p.index if not p.gallery else f"gallery {p.gallery}")] for p in m.points]
+    run = Run.open(runs / m.run)
+    data = run.data()
+    model = run.recommender(data)
+    tables = ServingTables.from_payload(run.payload, file=str(run.path))
+    big = resampled(tables, a.items, a.seed)
+    rows = []
+    for p in m.points:
+        from recsys.metrics.evaluate import evaluate
+
+        key = (m.run, p.index if not p.gallery else f"gallery {p.gallery}")
+        if key in done:
+            rows.append(done[key])
+            continue
+        spec = parse_index_spec(p.index)
+        if p.gallery:
+            gallery = Run.open(runs / p.gallery).item_table_for(data.item_vocab)
+            quality = evaluate(model, data, "test", (20,), gallery=gallery)[METRIC]
+            rows.append({"run": m.run, "series": p.series, "setting": p.setting, "index": f"gallery {p.gallery}",
+                         "bytes_per_item": 4.0 * gallery.shape[1], METRIC: quality})
+            _append(log, rows[-1])
+            continue
+        quality = evaluate(model, data, "test", (20,), index=None if isinstance(spec, ExactSpec) else spec)[METRIC]
+        small = build_index(spec, tables)
+        row = {"run": m.run, "series": p.series, "setting": p.setting, "index": p.index,
+               "bytes_per_item": float(small.bytes_per_item()), METRIC: quality}
+        t = time.perf_counter()
+        index = build_index(spec, big)
+        row["build_s_200k"] = time.perf_counter() - t
+        queries = index.queries[: a.queries]
+        row["search_s_200k"] = timed_search(index, queries, 100, a.repeats)
+        row["queries"] = len(queries)
+        rows.append(row)
+        _append(log, row)
+        print(f"  {m.run:10s} {p.index:32s} {row['bytes_per_item']:8.1f} B  {quality:.4f}  "
+              f"{row['search_s_200k']:.3f} s / {len(queries)} queries", flush=True)
+    return rows
+
+
+def _append(log: Path, row: dict) -> None:
+    with open(log, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both bytes (fewer) and quality (higher), by increasing bytes."""
+    front, best = [], -1.0
+    for b, q in sorted(points, key=lambda p: (p[0], -p[1])):
+        if q > best:
+            front.append((b, q))
+            best = q
+    return front
+
+
+def plot(rows: list[dict], out: Path) -> None:
     from recsys.plots import plot_tradeoff
 
-    if "matryoshka" in res:
-        p, n = res["matryoshka"]["prefix"], res["matryoshka"]["native"]
-        plot_tradeoff({"P1: quality vs dim": {"Matryoshka (one model, prefixes)": list(p.items()),
-                                               "trained natively at each dim": list(n.items())}},
-                      out / "quality_vs_dim.png", xlabel="embedding dimensions", ylabel=METRIC, log_base=2,
-                      panel_size=(5, 3.5), legend_fontsize=8)
-    series = {}
-    if "matryoshka" in res:
-        series["Matryoshka prefixes (float32)"] = [(4 * m, v) for m, v in res["matryoshka"]["prefix"].items()]
-        series["MF native (float32)"] = [(4 * m, v) for m, v in res["matryoshka"]["native"].items()]
-    if "lowrank" in res:
-        series["Low-rank, truncated"] = [(v["bytes_per_item"], v[METRIC]) for v in res["lowrank"].values()]
-    if "quantized" in res:
-        series["Latent quantization"] = [(v["bytes_per_item"], v[METRIC]) for v in res["quantized"].values()]
-    if "binary" in res:
-        b = res["binary"]
-        series["Binary codes: Hamming only"] = [(b["bytes_per_item_codes"], b["hamming_only"])]
-        series["Binary codes: shortlist 200 + float"] = [(b["bytes_per_item_codes"],
-                                                          b["hamming_shortlist_200_rerank"])]
-    plot_tradeoff({"P1: quality vs bytes per item": series}, out / "quality_vs_bytes.png",
-                  xlabel="bytes per item (stored code or vector)", ylabel=METRIC, log_base=2, panel_size=(6, 4),
-                  legend_fontsize=7)
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        series.setdefault(r["series"], []).append((r["bytes_per_item"], r[METRIC]))
+    series["Pareto front"] = pareto([(r["bytes_per_item"], r[METRIC]) for r in rows])
+    plot_tradeoff({"P1 (ml-latest-small, test): quality vs bytes per item": series}, out / "pareto.png",
+                  xlabel="bytes per item held by the index (log scale)", ylabel=METRIC, log_base=2,
+                  panel_size=(12, 5.5), legend_fontsize=7, front="Pareto front", legend_outside=True)
 
 
-def markdown(rows: list, res: dict) -> str:
-    lines = ["# Factorization study on P1 (ml-latest-small, random 80/10/10 per user, seed 2026; test split)", "",
-             f"| module | setting | bytes/item | {METRIC} |", "|---|---|---:|---:|"]
-    for mod, setting, b, v in rows:
-        lines.append(f"| {mod} | {setting} | {'' if b is None else f'{b:g}'} | {v:.4f} |")
-    lines += ["", "Bytes per item: float32 vectors 4·D; low-rank 4·rank (the shared basis is not per item); binary "
-              "D/8 (the Hamming + re-rank row also keeps the float table to re-rank the shortlist); quantized "
-              "D·⌈log2 L⌉/8 (the D×L codebook is shared). The native MF at full d is the `--full` run, which may use "
-              "another training recipe than the sweep (see the closing note of issue 8)."]
-    if "lowrank" in res:
-        lines += ["", "## Low-rank: one trained model truncated", "", f"| rank | parameters | bytes/item | {METRIC} |",
-                  "|---:|---:|---:|---:|"]
-        lines += [f"| {r} | {v['params']:,} | {v['bytes_per_item']:g} | {v[METRIC]:.4f} |"
-                  for r, v in res["lowrank"].items()]
-    if "matryoshka" in res:
-        a = res["matryoshka"]["acceptance"]
-        lines += ["", f"Matryoshka: ndcg@20 at d/4 / at d = {a['ratio_d4_to_d']:.3f} (within 5%: "
-                  f"{a['d4_within_5pct']}); beats native d/4: {a['d4_beats_native_d4']}"]
-    if "compatibility" in res:
-        c = res["compatibility"]
-        lines += ["", f"Compatibility: new→old {c['new_to_old']:.4f} vs old→old {c['old_to_old']:.4f} "
-                  f"(≥: {c['new_to_old_ge_old_to_old']}); new→new {c['new_to_new']:.4f}"]
+def markdown(rows: list[dict], a) -> str:
+    base = next((r for r in rows if r["run"] == "mf128" and r["index"] == "exact"), None)
+    n_queries = max((r.get("queries", 0) for r in rows), default=0)
+    lines = [f"# Factorization modules on P1: quality, bytes per item, speed on {a.items:,} items", "",
+             "P1: ml-latest-small, random 80/10/10 per user (seed 2026), test split; one training seed "
+             f"({a.seed}). Speed: `index.search` of {n_queries} users, top 100, one thread, best of {a.repeats}, "
+             f"on the run's tables resampled to {a.items:,} items; ratio = float MF-128 exact time / this time.", "",
+             f"| module | setting | index | bytes/item | {METRIC} | search s (200k) | speed vs float MF-128 |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        t = r.get("search_s_200k")
+        ratio = "" if t is None or base is None else f"{base['search_s_200k'] / t:.2f}×"
+        lines.append(f"| {r['series']} | {r['setting']} | `{r['index']}` | {r['bytes_per_item']:g} | "
+                     f"{r[METRIC]:.4f} | {'' if t is None else f'{t:.3f}'} | {ratio} |")
+    front = pareto([(r["bytes_per_item"], r[METRIC]) for r in rows])
+    lines += ["", "Pareto front (bytes/item, ndcg@20): " + ", ".join(f"({b:g}, {q:.4f})" for b, q in front)]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", default="runs/f8", help="Directory holding mrl128, native{16,32,64}, lowrank, ...")
-    ap.add_argument("--full", default="runs/p1_mf", help="MF-BPR at full d (the configs/mf_bpr.yaml run).")
-    ap.add_argument("--out", default="runs/f8/study")
-    ap.add_argument("--mrl", default="mrl128", help="Run (under --runs) of the Matryoshka model.")
-    ap.add_argument("--compat", default="compat", help="Run of the backward-compatible new model.")
-    ap.add_argument("--old", default="native64", help="Run of the old model it is compatible with.")
-    ap.add_argument("--native", default="native", help="Prefix of the runs trained natively at each dim.")
-    ap.add_argument("--label", default="MF", help="Name of the Matryoshka model's family in the table.")
-    ap.add_argument("--only", nargs="+", default=None,
-                    choices=["matryoshka", "lowrank", "binary", "quantized", "compatibility"])
+    ap.add_argument("--runs", default="runs/factorization", help="Run directories (trained here when missing).")
+    ap.add_argument("--out", default="runs/factorization/study")
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--items", type=int, default=200_000, help="Synthetic catalogue size for the speed column.")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--only", nargs="+", default=None, help="Run names to serve (all when omitted).")
+    ap.add_argument("--train-only", action="store_true", help="Train the missing runs and stop.")
+    ap.add_argument("--report-only", action="store_true",
+                    help="Redraw study.md and pareto.png from OUT/points.jsonl (no training, no serving).")
     a = ap.parse_args()
-    torch.set_num_threads(1)
-    runs, out = Path(a.runs), Path(a.out)
+    runs, out = Path(a.runs).resolve(), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows: list = []
-    res: dict = {}
-    steps = {"matryoshka": lambda: matryoshka(runs, Path(a.full), rows, res, a.mrl, a.native, a.label),
-             "lowrank": lambda: lowrank(runs, rows, res), "binary": lambda: binary(runs, rows, res),
-             "quantized": lambda: quantized(runs, rows, res),
-             "compatibility": lambda: compatible(runs, rows, res, a.compat, a.old)}
-    for name, step in steps.items():
-        if a.only is None or name in a.only:
-            step()
-    plots(res, out)
-    (out / "study.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    md = markdown(rows, res)
+    plan = [m for m in methods() if a.only is None or m.run in a.only]
+    if a.report_only:
+        report([json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()], out, a)
+        return
+    by_name = {m.run: m for m in methods()}
+    for m in plan:  # one heavy process at a time: each fit finishes before the next starts, serving after all
+        if m.after:
+            train(by_name[m.after], runs, a.seed)
+        train(m, runs, a.seed)
+    if a.train_only:
+        return
+    torch.set_num_threads(1)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:
+        pass
+    # Finished points survive an interrupted study (one JSON line each): a rerun serves only the rest.
+    log = out / "points.jsonl"
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["run"], r["index"])] = r
+    report([r for m in plan for r in serve(m, runs, a, done, log)], out, a)
+
+
+def report(rows: list[dict], out: Path, a) -> None:
+    (out / "study.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plot(rows, out)
+    md = markdown(rows, a)
     (out / "study.md").write_text(md)
     print(md)
 

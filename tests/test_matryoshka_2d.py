@@ -5,7 +5,6 @@ truncated models, the encoder contract at every served depth, 2D training throug
 from __future__ import annotations
 
 import json
-import string
 from functools import partial
 
 import numpy as np
@@ -28,7 +27,7 @@ from recsys.testing.training import fit_tiny
 from recsys.text.lm import LMEncoder
 from recsys.training.layer_sampling import LayerSteps, SampledLayer
 from tests.conftest import fit_args
-from tests.test_text import SPECIAL, WORDS
+from tests.test_text import make_tiny_bert
 
 ENC = "--model.init_args.encoder.init_args."
 DEPTH = 3
@@ -36,22 +35,7 @@ DEPTH = 3
 
 def make_deep_bert(path, seed: int = 0, layers: int = DEPTH):
     """A randomly initialised ``layers``-layer BERT (hidden 32) with test_text's WordPiece vocabulary."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path.mkdir(parents=True, exist_ok=True)
-    chars = list(string.ascii_lowercase + string.digits)
-    vocab = SPECIAL + WORDS + chars + ["##" + c for c in chars]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    try:
-        tok = BertTokenizer(vocab=str(path / "vocab.txt"))  # transformers 5
-    except TypeError:
-        tok = BertTokenizer(vocab_file=str(path / "vocab.txt"))  # transformers 4
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=37, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return make_tiny_bert(path, seed, layers)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +136,11 @@ def test_metric_bars_and_tradeoff_write_pngs(tmp_path):
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.modules[name] = mod  # dataclasses look their module up while the class is made
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        del sys.modules[name]
     return mod
 
 
@@ -149,12 +154,14 @@ def test_scripts_draw_through_recsys_plots(tmp_path):
     pareto.write_report(rows, tmp_path)
     assert png_size(tmp_path / "pareto.png") == (1320, 480)
     study = _script("study_factorization")
-    res = {"matryoshka": {"prefix": {16: 0.18, 32: 0.2, 64: 0.21, 128: 0.215}, "native": {16: 0.19, 32: 0.205}},
-           "lowrank": {8: {"bytes_per_item": 32, "ndcg@20": 0.15}, 32: {"bytes_per_item": 128, "ndcg@20": 0.2}},
-           "binary": {"bytes_per_item_codes": 16, "hamming_only": 0.1, "hamming_shortlist_200_rerank": 0.2}}
-    study.plots(res, tmp_path)
-    assert png_size(tmp_path / "quality_vs_dim.png") == (600, 420)
-    assert png_size(tmp_path / "quality_vs_bytes.png") == (720, 480)
+    rows = [{"series": "MF float32", "bytes_per_item": 4.0 * d, "ndcg@20": 0.18 + d / 2000} for d in (16, 32, 64)]
+    rows += [{"series": "PQ", "bytes_per_item": 8.0, "ndcg@20": 0.19}, {"series": "PQ", "bytes_per_item": 16.0,
+                                                                          "ndcg@20": 0.17}]
+    # The Pareto front keeps the points no cheaper point beats: PQ at 16 B and MF-16 (64 B, 0.188) lose to PQ at 8 B.
+    front = study.pareto([(r["bytes_per_item"], r["ndcg@20"]) for r in rows])
+    assert front == [(8.0, 0.19), (128.0, 0.196), (256.0, 0.212)]
+    study.plot(rows, tmp_path)
+    assert png_size(tmp_path / "pareto.png") == (1440, 660)
 
 
 # ------------------------------------------------------------------------------------------------ the verbs

@@ -18,8 +18,8 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = [":", ".", "-", "title", "genres", "group", "item", "category", "brand", "year"]
 
 
-def make_tiny_bert(path: Path, seed: int = 0) -> Path:
-    """A randomly initialised one-layer BERT (hidden 32) with a hand-written WordPiece vocab, saved to ``path``.
+def make_tiny_bert(path: Path, seed: int = 0, layers: int = 1) -> Path:
+    """A randomly initialised ``layers``-layer BERT (hidden 32) with a hand-written WordPiece vocab, saved to ``path``.
 
     Letters and digits (whole and ``##``-continued) make every lower-cased word tokenizable.
     """
@@ -35,7 +35,7 @@ def make_tiny_bert(path: Path, seed: int = 0) -> Path:
         tok = BertTokenizer(vocab_file=str(path / "vocab.txt"))  # transformers 4
     assert tok.convert_tokens_to_ids(tok.tokenize("title")) == [vocab.index("title")]
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                      intermediate_size=37, max_position_embeddings=128)
     BertModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)

@@ -19,7 +19,7 @@ re-rank; product quantization trained jointly; low-rank MF truncated to several 
 projection; Hamming alone, shortlist + float re-rank, faiss's binary index); latent quantization (16 and 4 levels);
 CoReS stationary simplex; BT² (influence loss, and the basis transformation fitted between independently trained
 MF-64 and MF-128) new→new and new→old. Residual quantization at M=16 is left out: at M=8 building it at 200k items
-over 8 minutes here. Writes ``study.md``, ``study.json`` and ``pareto.png`` to ``--out``::
+took about 8 minutes here. Writes ``study.md``, ``study.json`` and ``pareto.png`` to ``--out``::
 
     .venv/bin/python scripts/study_factorization.py --runs runs/factorization --out docs/factorization
 """

@@ -97,7 +97,10 @@ class MatryoshkaLoss(Loss, NestedLoss):
     are decayed ``W_1`` times less than the last ones, grow until they alone fit the data, and the tail's gradient
     shrinks until the decay pins it at zero (the collapse). Balanced, every coordinate sees its prefixes' mean loss
     against the same decay, as if each prefix were a model with its own L2; for a table encoder this is exactly
-    ``Σ_m w_m (base_m + λ‖θ[:, :m]‖²)`` under Adam.
+    ``Σ_m w_m (base_m + λ‖θ[:, :m]‖²)`` under Adam. Measured on P1 (MF-128, uniform weights, seed 2026, test
+    ndcg@20 at 16/32/64/128): 0.1649/0.1993/0.2061/0.2107, no collapse, but below plain MF-128 rotated onto
+    its principal axes (:class:`recsys.encoders.PrincipalAxes`, ``configs/mf_matryoshka.yaml``:
+    0.2112/0.2155/0.2178/0.2189).
 
     Args:
         base: the loss at each prefix (BPR when None).

@@ -32,7 +32,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -66,11 +66,10 @@ class Method:
     points: list[Point]
     after: str | None = None  # a run this one needs first (BT²'s old model)
     fit: str = "cli"  # "cli": recsys fit; "basis": BT²'s basis transformation of finished runs (Python API)
-    note: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def methods() -> list[Method]:
+    """The study's runs, each with the indexes it is served through (every point of the plot and the table)."""
     mf = [Method(f"mf{d}", "mf_bpr", [ENC + "dim", str(d)], [Point("MF float32 (native dims)", f"dim {d}")])
           for d in (16, 32, 64)]
     mf128 = Method("mf128", "mf_bpr", [], [Point("MF float32 (native dims)", "dim 128")] + [
@@ -273,6 +272,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     plan = [m for m in methods() if a.only is None or m.run in a.only]
     if a.report_only:
+        if not (out / "points.jsonl").exists():
+            raise SystemExit(f"{out / 'points.jsonl'} does not exist: run the study without --report-only first")
         report([json.loads(line) for line in (out / "points.jsonl").read_text().splitlines()], out, a)
         return
     by_name = {m.run: m for m in methods()}

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from recsys.metrics.evaluate import evaluate
 from recsys.recommender import build_index
 from recsys.runs import Run
 from recsys.scoring.index import ExactSpec, ServingTables, parse_index_spec
@@ -54,6 +55,11 @@ class Point:
     setting: str
     index: str = "exact"
     gallery: str | None = None
+
+    @property
+    def label(self) -> str:
+        """What the table's index column says: the spec, or the gallery run scored against."""
+        return f"gallery {self.gallery}" if self.gallery else self.index
 
 
 @dataclass
@@ -168,9 +174,8 @@ def serve(m: Method, runs: Path, a, done: dict, log: Path) -> list[dict]:
 
     Points in ``done`` (keyed by run and index, read from ``log``) are reused; each new one is appended to ``log``.
     """
-    todo = [p for p in m.points if (m.run, p.index if not p.gallery else f"gallery {p.gallery}") not in done]
-    if not todo:
-        return [done[(m.run, p.index if not p.gallery else f"gallery {p.gallery}")] for p in m.points]
+    if all((m.run, p.label) in done for p in m.points):  # nothing to serve: do not load the run
+        return [done[(m.run, p.label)] for p in m.points]
     run = Run.open(runs / m.run)
     data = run.data()
     model = run.recommender(data)
@@ -178,17 +183,14 @@ def serve(m: Method, runs: Path, a, done: dict, log: Path) -> list[dict]:
     big = resampled(tables, a.items, a.seed)
     rows = []
     for p in m.points:
-        from recsys.metrics.evaluate import evaluate
-
-        key = (m.run, p.index if not p.gallery else f"gallery {p.gallery}")
-        if key in done:
-            rows.append(done[key])
+        if (m.run, p.label) in done:
+            rows.append(done[(m.run, p.label)])
             continue
         spec = parse_index_spec(p.index)
         if p.gallery:
             gallery = Run.open(runs / p.gallery).item_table_for(data.item_vocab)
             quality = evaluate(model, data, "test", (20,), gallery=gallery)[METRIC]
-            rows.append({"run": m.run, "series": p.series, "setting": p.setting, "index": f"gallery {p.gallery}",
+            rows.append({"run": m.run, "series": p.series, "setting": p.setting, "index": p.label,
                          "bytes_per_item": 4.0 * gallery.shape[1], METRIC: quality})
             _append(log, rows[-1])
             continue

@@ -31,6 +31,7 @@ from recsys.encoders.base import TwoSidedEncoder
 from recsys.encoders.choices import check_choice, check_size
 from recsys.encoders.graph import Adjacency, LightGCNPropagation, bipartite_adjacency
 from recsys.encoders.matryoshka2d import Layered, check_layers
+from recsys.errors import UsageError
 from recsys.text.lm import Pooling, Reduction
 
 log = logging.getLogger(__name__)
@@ -318,8 +319,6 @@ class AlphaRec(Layered, ScoresAgainstTable, EmbedsNewItems, FoldsIn, Transfers, 
 
     def set_serve_layer(self, layer: int | None) -> None:
         if layer is not None and layer != self._depth and layer not in self.layer_text:
-            from recsys.errors import UsageError
-
             raise UsageError(f"AlphaRec serve_layer {layer} was not prepared at bind: add it to lm_layers "
                              f"(prepared: {sorted(self.layer_text)} and {self._depth})")
         super().set_serve_layer(layer)
